@@ -1,0 +1,1 @@
+"""Price sources: each serves ticks as SSE at /stream (see sources.feed)."""

@@ -1,0 +1,128 @@
+"""The mock source: a random walk per symbol, served as SSE.
+
+Each step: with 15% probability the direction flips, then ``price -= randint(0, 10) * step *
+direction``, kept to 2 decimals (as integer cents) and never at or below zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+
+from aiohttp import web
+
+from tickhub import aio
+from tickhub.wire import SYMBOL_RE
+
+from .feed import SourceFeed, serve_until_signal, source_app
+
+DEFAULT_START = {"BTCUSD": "43000.00", "TCSG": "3000.00", "META": "480.00"}
+FALLBACK_START = "100.00"
+FAST_BATCH = 256
+
+
+class RandomWalk:
+    """One symbol's price in integer cents."""
+
+    def __init__(self, start: str, rng: random.Random, step_cents: int = 100) -> None:
+        units, _, frac = start.partition(".")
+        self.cents = int(units) * 100 + int((frac + "00")[:2])
+        if self.cents <= 0:
+            raise ValueError(f"start price must be above zero, got {start!r}")
+        self.rng = rng
+        self.step_cents = step_cents
+        self.direction = 1
+
+    def step(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.15:
+            self.direction = -self.direction
+        delta = rng.randint(0, 10) * self.step_cents * self.direction
+        price = self.cents - delta
+        if price <= 0:  # bounce off zero instead of crossing it
+            self.direction = -self.direction
+            price = self.cents + abs(delta)
+        self.cents = price
+        return self.price
+
+    @property
+    def price(self) -> str:
+        return f"{self.cents // 100}.{self.cents % 100:02d}"
+
+
+def parse_start(raw: str | None, symbols: list[str]) -> dict[str, str]:
+    """``BTCUSD=43000,META=480.5`` → start prices for every symbol (defaults for the rest)."""
+    given: dict[str, str] = {}
+    for item in filter(None, (raw or "").split(",")):
+        symbol, sep, price = item.partition("=")
+        if not sep:
+            raise ValueError(f"--start expects SYMBOL=PRICE, got {item!r}")
+        given[symbol.strip().upper()] = price.strip()
+    return {s: given.get(s, DEFAULT_START.get(s, FALLBACK_START)) for s in symbols}
+
+
+class MockMarket:
+    """Publishes one step of every symbol's walk each ``interval`` seconds (0: as fast as consumed)."""
+
+    def __init__(self, feed: SourceFeed, walks: dict[str, RandomWalk], interval: float, limit: int | None = None):
+        self.feed = feed
+        self.walks = walks
+        self.interval = interval
+        self.limit = limit
+
+    async def run(self) -> None:
+        feed, walks = self.feed, list(self.walks.items())
+        emitted = 0
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while self.limit is None or emitted < self.limit:
+            if self.interval > 0:
+                for symbol, walk in walks:
+                    feed.publish(symbol, walk.step())
+                    emitted += 1
+                next_at += self.interval
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+            else:
+                await feed.wait_for_room()
+                n = FAST_BATCH if self.limit is None else min(FAST_BATCH, self.limit - emitted)
+                for i in range(n):
+                    symbol, walk = walks[i % len(walks)]
+                    feed.publish(symbol, walk.step())
+                emitted += n
+                await asyncio.sleep(0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", default="BTCUSD,TCSG,META", help="comma-separated symbols (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between steps; 0 = as fast as consumed")
+    parser.add_argument("--start", default=None, help="start prices, e.g. BTCUSD=43000,META=480.50")
+    parser.add_argument("--step", type=float, default=1.0, help="price unit of one random-walk step (default 1.00)")
+    parser.add_argument("--name", default="mock", help="source name in the events (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="stop publishing after this many ticks")
+    parser.add_argument("--ring-size", type=int, default=100_000, help="events kept for Last-Event-ID resume")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeat comments")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable walks")
+
+
+def build(args: argparse.Namespace) -> web.Application:
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+    if not symbols or any(not SYMBOL_RE.match(s) for s in symbols):
+        raise ValueError(f"--symbols: expected comma-separated upper-case symbols, got {args.symbols!r}")
+    if args.interval < 0:
+        raise ValueError("--interval must be >= 0")
+    rng = random.Random(args.seed)
+    step_cents = round(args.step * 100)
+    if step_cents <= 0:
+        raise ValueError("--step must be at least 0.01")
+    walks = {s: RandomWalk(p, rng, step_cents) for s, p in parse_start(args.start, symbols).items()}
+    feed = SourceFeed(args.name, ring_size=args.ring_size, heartbeat=args.heartbeat)
+    market = MockMarket(feed, walks, args.interval, args.limit)
+    return source_app(feed, market.run)
+
+
+def main(args: argparse.Namespace) -> None:
+    app = build(args)
+    aio.run(serve_until_signal(app, args.host, args.port))

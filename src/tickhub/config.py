@@ -1,0 +1,207 @@
+"""Settings: every ``TICKHUB_*`` name, its type, default and meaning, read with starlette's Config.
+
+The table below is the single source of truth: ``.env_template`` and the README's settings
+table are generated from it (``tickhub settings --template``) and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.config import Config
+
+from .wire import SOURCE_NAME_RE
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(raw: str) -> Any:
+        value = cast(raw)
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {raw!r}")
+        return value
+
+    check.__name__ = f"positive {cast.__name__}"
+    return check
+
+
+def _non_negative(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(raw: str) -> Any:
+        value = cast(raw)
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {raw!r}")
+        return value
+
+    check.__name__ = f"non-negative {cast.__name__}"
+    return check
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number 0..65535, got {raw!r}")
+    return value
+
+
+def parse_sources(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name=url,name=url`` → ``(("name", "url"), ...)``; names unique, urls http(s)."""
+    sources: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not SOURCE_NAME_RE.match(name):
+            raise ValueError(f"expected name=url with a lower-case name, got {item!r}")
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"source {name!r}: url must start with http:// or https://, got {url!r}")
+        if any(name == seen for seen, _ in sources):
+            raise ValueError(f"source name {name!r} given twice")
+        sources.append((name, url))
+    return tuple(sources)
+
+
+def _schema(raw: str) -> str:
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", raw):
+        raise ValueError(f"must be a lower-case SQL identifier, got {raw!r}")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ValueError(f"must be debug, info, warning or error, got {raw!r}")
+    return level
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    cast: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def name(self) -> str:
+        return "TICKHUB_" + self.field.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Address the hub listens on."),
+    Setting("port", _port, 8000, "Port the hub listens on."),
+    Setting("database_url", _optional_str, None,
+            "PostgreSQL DSN; empty starts an embedded PostgreSQL under TICKHUB_DATA_DIR."),
+    Setting("database_schema", _schema, "public", "Schema that holds tickhub's tables (created if missing)."),
+    Setting("data_dir", str, ".tickhub", "Directory for the embedded database and other local state."),
+    Setting("sources", parse_sources, (), "Price sources to ingest, comma-separated name=url of their SSE streams."),
+    Setting("log_level", _log_level, "info", "debug, info, warning or error."),
+    Setting("heartbeat", _positive(float), 15.0, "Seconds between SSE comment heartbeats to subscribers."),
+    Setting("retry_ms", _positive(int), 3000, "SSE retry: hint sent to subscribers, in milliseconds."),
+    Setting("ring_size", _positive(int), 65536, "Ticks kept in memory for fan-out and fast resume."),
+    Setting("subscriber_backlog", _positive(int), 1048576,
+            "Bytes a subscriber may fall behind before it is resynced from a snapshot."),
+    Setting("slow_overflows", _positive(int), 3, "Backlog overflows after which a slow subscriber is disconnected."),
+    Setting("slow_timeout", _positive(float), 30.0,
+            "Seconds a subscriber may block a write before it is disconnected."),
+    Setting("max_symbols", _positive(int), 100, "Most symbols one /stream subscription may name."),
+    Setting("replay_limit", _positive(int), 100000,
+            "Most ticks replayed to one resuming subscriber; beyond it the subscriber is resynced."),
+    Setting("history_limit", _positive(int), 10000, "Cap on the limit= of history queries."),
+    Setting("source_stale_timeout", _positive(float), 10.0,
+            "Seconds without an event or heartbeat before a source is reconnected."),
+    Setting("source_connect_timeout", _positive(float), 5.0, "Seconds to connect to a source."),
+    Setting("reconnect_min", _positive(float), 0.25, "First reconnect delay in seconds (doubles, jittered)."),
+    Setting("reconnect_max", _positive(float), 10.0, "Largest reconnect delay in seconds."),
+    Setting("source_max_line", _positive(int), 65536, "Longest SSE line accepted from a source, in bytes."),
+    Setting("writer_batch", _positive(int), 5000, "Most ticks written to PostgreSQL in one COPY."),
+    Setting("writer_flush_interval", _non_negative(float), 0.05,
+            "Longest a tick waits for its batch to fill before it is written, in seconds."),
+    Setting("writer_backlog", _positive(int), 1000000,
+            "Ticks held in memory while PostgreSQL is unreachable; older ones are dropped and counted."),
+    Setting("db_pool_size", _positive(int), 10, "PostgreSQL connections in the pool."),
+    Setting("db_timeout", _positive(float), 10.0, "Seconds a PostgreSQL command may take."),
+    Setting("shutdown_timeout", _positive(float), 5.0, "Seconds a stopping hub waits for streams and the writer."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one hub process."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    database_schema: str = "public"
+    data_dir: str = ".tickhub"
+    sources: tuple[tuple[str, str], ...] = ()
+    log_level: str = "info"
+    heartbeat: float = 15.0
+    retry_ms: int = 3000
+    ring_size: int = 65536
+    subscriber_backlog: int = 1048576
+    slow_overflows: int = 3
+    slow_timeout: float = 30.0
+    max_symbols: int = 100
+    replay_limit: int = 100000
+    history_limit: int = 10000
+    source_stale_timeout: float = 10.0
+    source_connect_timeout: float = 5.0
+    reconnect_min: float = 0.25
+    reconnect_max: float = 10.0
+    source_max_line: int = 65536
+    writer_batch: int = 5000
+    writer_flush_interval: float = 0.05
+    writer_backlog: int = 1000000
+    db_pool_size: int = 10
+    db_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+        """Read every setting from the environment and ``.env``; raise SettingsError naming a bad one."""
+        env_path = Path(env_file) if env_file is not None else None
+        config = Config(
+            env_path if env_path is not None and env_path.is_file() else None,
+            environ=os.environ if environ is None else environ,
+        )
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = config(setting.name, default=None)
+            if raw is None:
+                continue
+            try:
+                values[setting.field] = setting.cast(raw.strip())
+            except ValueError as exc:
+                raise SettingsError(f"{setting.name}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.reconnect_min > self.reconnect_max:
+            raise SettingsError("TICKHUB_RECONNECT_MIN must not exceed TICKHUB_RECONNECT_MAX")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_template() -> str:
+    """The text of ``.env_template``: every setting with its default and one comment line."""
+    lines = ["# tickhub settings: copy to .env and edit. Every name, its default and what it does."]
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, tuple):
+            default = ",".join(f"{n}={u}" for n, u in default)
+        lines += ["", f"# {setting.help}", f"{setting.name}={'' if default is None else default}"]
+    return "\n".join(lines) + "\n"

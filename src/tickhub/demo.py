@@ -1,0 +1,212 @@
+"""``tickhub demo``: a whole local market under one supervisor.
+
+Start order: embedded PostgreSQL (unless TICKHUB_DATABASE_URL is set) → three mock sources → the
+hub (→ bots, when configured). Each child runs in its own session, so a terminal's Ctrl-C reaches
+only the supervisor, which then stops the children in reverse order: SIGTERM, a grace period, and
+SIGKILL through the process handle if one still lingers. Children also get SIGTERM if the
+supervisor itself dies (PR_SET_PDEATHSIG), so nothing is left behind either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from . import aio
+from .config import Settings
+from .embedded import database_url
+
+READY_TIMEOUT = 60.0
+STOP_GRACE = 10.0
+
+DEMO_SOURCES = (
+    ("mock-btc", "BTCUSD", "43000.00"),
+    ("mock-tcsg", "TCSG", "3000.00"),
+    ("mock-meta", "META", "480.00"),
+)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel to SIGTERM it when the supervisor dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ready_url: str | None = None
+    process: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """Starts children in order, prefixes their output with their name, stops them in reverse."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.width = 10
+
+    async def start(self, child: Child) -> None:
+        env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.children.append(child)
+        child.pump = asyncio.create_task(self._pump(child))
+        if child.ready_url:
+            await self._wait_ready(child)
+
+    async def _pump(self, child: Child) -> None:
+        assert child.process is not None and child.process.stdout is not None
+        prefix = f"{child.name:<{self.width}}| "
+        async for line in child.process.stdout:
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _wait_ready(self, child: Child) -> None:
+        assert child.process is not None and child.ready_url is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.monotonic() < deadline:
+                if child.process.returncode is not None:
+                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode} while starting")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(child.ready_url) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{child.name} was not ready at {child.ready_url} within {READY_TIMEOUT:.0f}s")
+
+    async def wait_any_exit(self) -> Child:
+        """Return the first child that exits."""
+        waits = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process is not None}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[next(iter(done))]
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            proc = child.process
+            if proc is None:
+                continue
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(STOP_GRACE):
+                        await proc.wait()
+                except TimeoutError:
+                    print(f"demo: {child.name} did not stop within {STOP_GRACE:.0f}s; killing it", flush=True)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            if child.pump is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        await child.pump
+        self.children.clear()
+
+
+def demo_children(settings: Settings, db_url: str, interval: float) -> list[Child]:
+    python = sys.executable
+    host, port = settings.host, settings.port
+    children = []
+    urls = []
+    for offset, (name, symbol, start) in enumerate(DEMO_SOURCES, start=1):
+        source_port = port + offset
+        children.append(
+            Child(
+                name,
+                [python, "-m", "tickhub", "source", "mock", "--name", name, "--symbols", symbol,
+                 "--start", f"{symbol}={start}", "--port", str(source_port), "--host", host,
+                 "--interval", str(interval)],
+                ready_url=f"http://{host}:{source_port}/",
+            )
+        )
+        urls.append(f"{name}=http://{host}:{source_port}/stream")
+    children.append(
+        Child(
+            "hub",
+            [python, "-m", "tickhub", "hub"],
+            env={"TICKHUB_DATABASE_URL": db_url, "TICKHUB_SOURCES": ",".join(urls),
+                 "TICKHUB_HOST": host, "TICKHUB_PORT": str(port)},
+            ready_url=f"http://{host}:{port}/ping",
+        )
+    )
+    return children
+
+
+def banner(settings: Settings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    return (
+        "\n"
+        "  tickhub demo market is up\n"
+        f"    stream   curl -N {base}/stream\n"
+        f"    prices   {base}/prices\n"
+        f"    health   {base}/health\n"
+        "  Ctrl-C stops everything.\n"
+    )
+
+
+async def _demo(settings: Settings, db_url: str, interval: float) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = Supervisor()
+    code = 0
+    try:
+        for child in demo_children(settings, db_url, interval):
+            if stop.is_set():
+                break
+            await supervisor.start(child)
+        if not stop.is_set():
+            print(banner(settings), flush=True)
+            stopper = asyncio.create_task(stop.wait())
+            exited = asyncio.create_task(supervisor.wait_any_exit())
+            done, _ = await asyncio.wait({stopper, exited}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (stopper, exited):
+                task.cancel()
+            if exited in done and not exited.cancelled():
+                child = exited.result()
+                print(f"demo: {child.name} exited unexpectedly (code {child.process.returncode}); stopping",
+                      flush=True)
+                code = 1
+    except RuntimeError as exc:
+        print(f"demo: {exc}", flush=True)
+        code = 1
+    finally:
+        print("demo: stopping", flush=True)
+        await supervisor.stop()
+    print("demo: stopped", flush=True)
+    return code
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    with database_url(settings.database_url, settings.data_dir) as url:
+        return aio.run(_demo(settings, url, args.interval))

@@ -1,0 +1,321 @@
+"""Fan-out: one flusher hands each coalesced batch of frames to every subscriber in turn.
+
+Per-subscriber tasks that wake on every tick are the cost to avoid, so idle subscribers are
+grouped by (ring position, symbol filter); each group's batch is joined once and written to each
+member by starting its ``write`` coroutine and driving it by hand. A write that completes without
+suspending (the usual case: the socket buffer has room) costs no task switch. A write that
+suspends (the client is not reading) moves that subscriber to a task of its own that finishes the
+write and catches up from the ring, so one stalled client never delays the others; if it falls
+more than ``backlog_limit`` bytes behind it is resynced from a snapshot, and after
+``max_overflows`` resyncs, or a write blocked for ``write_timeout`` seconds, it is disconnected.
+Knows nothing of HTTP: a subscriber is a pair of callables returning awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+import orjson
+
+from .ring import TickRing
+from .wire import comment_frame, event_frame
+
+log = logging.getLogger("tickhub.fanout")
+
+Write = Callable[[bytes], Coroutine[Any, Any, None]]
+Finish = Callable[[], Coroutine[Any, Any, None]]
+SymbolFilter = frozenset[str] | None
+
+
+class Subscriber:
+    """One open stream: how to write to it and where it stands."""
+
+    __slots__ = ("busy", "closed", "cursor", "finish", "overflows", "symbols", "write")
+
+    def __init__(self, write: Write, finish: Finish, symbols: SymbolFilter) -> None:
+        self.write = write
+        self.finish = finish
+        self.symbols = symbols
+        self.cursor = 0
+        self.busy = False
+        self.overflows = 0
+        #: Resolved with the reason when the hub ends this subscription.
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    """Finish a coroutine that was started by hand and suspended, yielding ``yielded``."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # cancellation and timeouts reach the write it belongs to
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
+
+
+def start_write(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+    """Run ``coro`` until it first suspends: None if it finished, else an awaitable for the rest."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return _resume(coro, yielded)
+
+
+class Fanout:
+    """Owns the subscribers, the flusher task, the heartbeat task and the slow-subscriber tasks."""
+
+    def __init__(
+        self,
+        ring: TickRing,
+        snapshot: Callable[[SymbolFilter], bytes],
+        backlog_limit: int = 1 << 20,
+        max_overflows: int = 3,
+        write_timeout: float = 30.0,
+        heartbeat: float = 15.0,
+    ) -> None:
+        self.ring = ring
+        self.snapshot = snapshot
+        self.backlog_limit = backlog_limit
+        self.max_overflows = max_overflows
+        self.write_timeout = write_timeout
+        self.heartbeat = heartbeat
+        # cursor -> symbol filter -> subscribers that are fully written up to that cursor
+        self._idle: dict[int, dict[SymbolFilter, set[Subscriber]]] = {}
+        self._busy: dict[Subscriber, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closing = False
+        self.writes = 0
+        self.bytes_out = 0
+        self.resyncs = 0
+        self.slow_disconnects = 0
+
+    # -- ingest side ------------------------------------------------------------------------
+
+    def publish(self, tick_id: int, symbol: str, frame: bytes) -> None:
+        self.ring.append(tick_id, symbol, frame)
+        self._wake.set()
+
+    # -- subscriber lifecycle ---------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return sum(len(s) for g in self._idle.values() for s in g.values()) + len(self._busy)
+
+    @property
+    def busy_count(self) -> int:
+        return len(self._busy)
+
+    def attach(self, sub: Subscriber, cursor: int, prelude: bytes = b"") -> None:
+        """Start delivering to ``sub`` from ring position ``cursor``, after ``prelude``."""
+        if self.closing:
+            self._close(sub, "shutdown")
+            return
+        sub.cursor = cursor
+        self._deliver(sub, prelude)
+
+    def detach(self, sub: Subscriber) -> None:
+        """Forget ``sub`` (its client went away or its handler ended)."""
+        task = self._busy.pop(sub, None)
+        if task is not None:
+            task.cancel()
+        for group in self._idle.values():
+            subs = group.get(sub.symbols)
+            if subs is not None:
+                subs.discard(sub)
+
+    def _add_idle(self, sub: Subscriber, cursor: int) -> None:
+        sub.busy = False
+        self._idle.setdefault(cursor, {}).setdefault(sub.symbols, set()).add(sub)
+        if cursor != self.ring.head:
+            self._wake.set()
+
+    def _deliver(self, sub: Subscriber, data: bytes) -> None:
+        """Write ``data`` then bring ``sub`` up to the ring head, in its own task only if it blocks."""
+        pending: Awaitable[None] | None = None
+        if data:
+            try:
+                pending = start_write(sub.write(data))
+            except Exception as exc:
+                self._close(sub, f"write failed: {exc}")
+                return
+        if pending is None and sub.cursor >= self.ring.start:
+            self._add_idle(sub, sub.cursor)  # the flusher brings it to the head with its group
+            return
+        sub.busy = True
+        self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending), name="tickhub-catch-up")
+
+    async def _catch_up(self, sub: Subscriber, pending: Awaitable[None] | None) -> None:
+        ring = self.ring
+        try:
+            while True:
+                if pending is not None:
+                    async with asyncio.timeout(self.write_timeout):
+                        await pending
+                if self.closing:
+                    return
+                cursor = sub.cursor
+                if cursor < ring.start or ring.backlog_bytes(cursor) > self.backlog_limit:
+                    sub.overflows += 1
+                    self.resyncs += 1
+                    if sub.overflows >= self.max_overflows:
+                        self.slow_disconnects += 1
+                        log.info("disconnecting a subscriber after %d backlog overflows", sub.overflows)
+                        await self._finish(sub, "slow_consumer")
+                        return
+                    sub.cursor = ring.head
+                    data = resync_frame("slow_consumer") + self.snapshot(sub.symbols)
+                else:
+                    head = ring.head
+                    data = ring.collect(cursor, head, sub.symbols)
+                    sub.cursor = head
+                    if not data:
+                        break
+                self.writes += 1
+                self.bytes_out += len(data)
+                pending = start_write(sub.write(data))
+        except TimeoutError:
+            self.slow_disconnects += 1
+            log.info("disconnecting a subscriber whose write blocked for %.1fs", self.write_timeout)
+            self._busy.pop(sub, None)
+            self._close(sub, "write_timeout")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._busy.pop(sub, None)
+            self._close(sub, f"write failed: {exc}")
+            return
+        self._busy.pop(sub, None)
+        self._add_idle(sub, sub.cursor)
+
+    async def _finish(self, sub: Subscriber, reason: str) -> None:
+        """End the response cleanly (the client sees the stream close and reconnects)."""
+        self._busy.pop(sub, None)
+        with contextlib.suppress(Exception):
+            pending = start_write(sub.finish())
+            if pending is not None:
+                async with asyncio.timeout(1.0):
+                    await pending
+        self._close(sub, reason)
+
+    def _close(self, sub: Subscriber, reason: str) -> None:
+        self.detach(sub)
+        if not sub.closed.done():
+            sub.closed.set_result(reason)
+
+    # -- the flusher ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything appended since the last flush to every idle subscriber."""
+        ring = self.ring
+        head = ring.head
+        groups = self._idle
+        if not groups or (len(groups) == 1 and head in groups):
+            return
+        self._idle = merged = {head: {}}
+        target_groups = merged[head]
+        for cursor, by_filter in groups.items():
+            for key, subs in by_filter.items():
+                target = target_groups.setdefault(key, set())
+                if cursor == head or not subs:
+                    target |= subs
+                    continue
+                if cursor < ring.start:
+                    for sub in subs:  # fell out of the ring before it could be written: resync
+                        sub.cursor = cursor
+                        self._deliver(sub, b"")
+                    continue
+                data = ring.collect(cursor, head, key)
+                if not data:
+                    target |= subs
+                    continue
+                self.writes += len(subs)
+                self.bytes_out += len(data) * len(subs)
+                for sub in subs:
+                    try:
+                        pending = start_write(sub.write(data))
+                    except Exception as exc:
+                        self._close(sub, f"write failed: {exc}")
+                        continue
+                    if pending is None:
+                        target.add(sub)
+                    else:
+                        sub.cursor = head
+                        sub.busy = True
+                        self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.flush()
+
+    async def _heartbeat_loop(self) -> None:
+        ping = comment_frame("ping")
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            self.flush()  # every idle subscriber is now at the head
+            for by_filter in list(self._idle.values()):
+                for subs in list(by_filter.values()):
+                    for sub in list(subs):
+                        try:
+                            pending = start_write(sub.write(ping))
+                        except Exception as exc:
+                            self._close(sub, f"write failed: {exc}")
+                            continue
+                        if pending is not None:
+                            subs.discard(sub)
+                            sub.cursor = self.ring.head
+                            sub.busy = True
+                            self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
+
+    # -- owner ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="tickhub-flusher"),
+            asyncio.create_task(self._heartbeat_loop(), name="tickhub-heartbeat"),
+        ]
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """End every stream (idle ones cleanly, blocked ones at once), then stop the tasks."""
+        self.closing = True
+        self.flush()
+        finishing = []
+        for by_filter in list(self._idle.values()):
+            for subs in list(by_filter.values()):
+                for sub in list(subs):
+                    finishing.append(self._finish(sub, "shutdown"))
+        for sub in list(self._busy):
+            self._close(sub, "shutdown")
+        if finishing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*finishing, return_exceptions=True)
+        tasks = self._tasks + list(self._busy.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        self._busy.clear()
+        self._idle.clear()
+
+
+def resync_frame(reason: str, last_event_id: str | None = None) -> bytes:
+    """Tells a subscriber that what follows starts from a fresh snapshot, not from where it was."""
+    return event_frame("resync", orjson.dumps({"reason": reason, "last_event_id": last_event_id}))

@@ -1,0 +1,142 @@
+"""Hub: owns every long-lived part of one hub process, started and stopped in order.
+
+Start: store (pool, migrations) → run number → market from history → ring, fan-out, writer →
+ingest. Stop is the reverse: ingest first (no new ticks), then the streams (each subscriber gets
+everything ingested, then a clean end), then the writer's final flush, then the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from .config import Settings
+from .fanout import Fanout
+from .ingest import Ingest
+from .market import Market
+from .ring import TickRing
+from .sequencer import Sequencer
+from .store import Store
+from .wire import Tick, tick_frame
+from .writer import CopyWriter
+
+log = logging.getLogger("tickhub.hub")
+
+
+class Hub:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.database_url:
+            raise ValueError("Hub needs settings.database_url (the CLI starts an embedded database if unset)")
+        self.settings = settings
+        self.market = Market()
+        self.ring = TickRing(settings.ring_size)
+        self.started_at = time.time()
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self.store: Store
+        self.writer: CopyWriter
+        self.fanout: Fanout
+        self.sequencer: Sequencer
+        self.ingest: Ingest
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await Store.open(s.database_url or "", s.database_schema, s.db_pool_size, s.db_timeout)
+        try:
+            run = await self.store.new_run()
+            last_seqs = await self.store.last_seqs(name for name, _ in s.sources)
+            self.market.load(await self.store.latest())
+        except BaseException:
+            await self.store.close()
+            raise
+        self.writer = CopyWriter(
+            self.store, s.writer_batch, s.writer_flush_interval, s.writer_backlog, s.reconnect_min, s.reconnect_max
+        )
+        self.fanout = Fanout(
+            self.ring,
+            self.market.snapshot_frame,
+            backlog_limit=s.subscriber_backlog,
+            max_overflows=s.slow_overflows,
+            write_timeout=s.slow_timeout,
+            heartbeat=s.heartbeat,
+        )
+        self.sequencer = Sequencer(run, last_seqs, self._on_tick)
+        #: Every tick from this id on passes through the ring; older ones come from PostgreSQL.
+        self.ring_floor_id = self.sequencer.next_id
+        self.ingest = Ingest(
+            s.sources,
+            self.sequencer,
+            stale_timeout=s.source_stale_timeout,
+            connect_timeout=s.source_connect_timeout,
+            reconnect_min=s.reconnect_min,
+            reconnect_max=s.reconnect_max,
+            max_line=s.source_max_line,
+        )
+        self.writer.start()
+        self.fanout.start()
+        self.ingest.start()
+        log.info("hub run %d started with %d sources", run, len(s.sources))
+
+    def _on_tick(self, tick: Tick) -> None:
+        """Where each sequenced tick goes: latest prices, the ring (and so every subscriber), the writer."""
+        self.market.update(tick)
+        self.fanout.publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
+        self.writer.add(tick)
+
+    @property
+    def run(self) -> int:
+        return self.sequencer.run
+
+    def begin_drain(self) -> None:
+        """Start stopping (safe to call from a signal handler's callback, and more than once)."""
+        if self._drain_task is None:
+            self.draining = True
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="tickhub-drain")
+
+    async def _drain(self) -> None:
+        await self.ingest.stop()
+        await self.fanout.close(timeout=self.settings.shutdown_timeout / 2)
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        assert self._drain_task is not None
+        with contextlib.suppress(Exception):
+            await self._drain_task
+        await self.writer.close(timeout=self.settings.shutdown_timeout)
+        await self.store.close()
+        log.info("hub run %d stopped: %d ticks written, %d dropped", self.run, self.writer.written, self.writer.dropped)
+
+    def health(self) -> dict[str, Any]:
+        writer = self.writer
+        sources = self.ingest.health()
+        degraded = writer.failing or any(v["state"] != "connected" for v in sources.values())
+        return {
+            "status": "draining" if self.draining else ("degraded" if degraded else "ok"),
+            "run": self.run,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "last_id": str(self.market.last_id) if self.market.last_id is not None else None,
+            "sources": sources,
+            "writer": {
+                "backlog": writer.backlog_size,
+                "written": writer.written,
+                "batches": writer.batches,
+                "dropped": writer.dropped,
+                "failing": writer.failing,
+                "errors": writer.errors,
+                "last_error": writer.last_error,
+                "last_batch_size": writer.last_batch_size,
+                "last_batch_ms": round(writer.last_batch_seconds * 1000, 3),
+                "persisted_id": str(writer.persisted_id) if writer.persisted_id else None,
+            },
+            "stream": {
+                "subscribers": self.fanout.count,
+                "blocked": self.fanout.busy_count,
+                "resyncs": self.fanout.resyncs,
+                "slow_disconnects": self.fanout.slow_disconnects,
+                "ring_ticks": len(self.ring),
+                "ring_capacity": self.ring.capacity,
+            },
+        }

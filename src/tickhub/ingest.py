@@ -1,0 +1,196 @@
+"""Ingest: one aiohttp SSE client per source, feeding validated ticks to the sequencer.
+
+Each client reconnects with ``Last-Event-ID`` set to the newest seq the hub accepted from that
+source (after a restart: the newest *persisted* seq), with capped jittered backoff. aiohttp's
+``sock_read`` timeout is the stale-feed watchdog: no byte (event or heartbeat comment) for
+``stale_timeout`` seconds and the connection is dropped and made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from .backoff import Backoff
+from .sequencer import Sequencer
+from .wire import SSEParser, SSEProtocolError, TickRejected, parse_source_tick
+
+log = logging.getLogger("tickhub.ingest")
+
+
+class SourceStats:
+    """What /health shows about one source."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.state = "starting"
+        self.connected_at: float | None = None
+        self.last_event_at: float | None = None
+        self.last_tick_lag: float | None = None
+        self.accepted = 0
+        self.duplicates = 0
+        self.gaps = 0
+        self.ignored = 0
+        self.rejects: Counter[str] = Counter()
+        self.connects = 0
+        self.last_error: str | None = None
+
+    def as_dict(self, last_seq: int) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "url": self.url,
+            "state": self.state,
+            "connected_for_s": round(now - self.connected_at, 3) if self.connected_at else None,
+            "last_event_age_s": round(now - self.last_event_at, 3) if self.last_event_at else None,
+            "lag_ms": round(self.last_tick_lag * 1000, 3) if self.last_tick_lag is not None else None,
+            "last_seq": last_seq,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "gaps": self.gaps,
+            "ignored": self.ignored,
+            "rejects": dict(self.rejects),
+            "rejected": sum(self.rejects.values()),
+            "connects": self.connects,
+            "last_error": self.last_error,
+        }
+
+
+class SourceError(Exception):
+    """The source answered in a way we cannot stream from."""
+
+
+class SourceClient:
+    """Streams one source into the sequencer for as long as the hub runs."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        sequencer: Sequencer,
+        session: aiohttp.ClientSession,
+        *,
+        stale_timeout: float,
+        connect_timeout: float,
+        reconnect_min: float,
+        reconnect_max: float,
+        max_line: int,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.sequencer = sequencer
+        self.session = session
+        self.stats = SourceStats(name, url)
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=stale_timeout)
+        self.backoff = Backoff(reconnect_min, reconnect_max)
+        self.max_line = max_line
+
+    async def run(self) -> None:
+        stats = self.stats
+        while True:
+            stats.state = "connecting"
+            try:
+                await self._stream()
+                stats.last_error = "source closed the stream"
+            except asyncio.CancelledError:
+                stats.state = "stopped"
+                raise
+            except TimeoutError:
+                stats.state = "stale"
+                stats.last_error = "no event or heartbeat within the stale timeout"
+            except (aiohttp.ClientError, SourceError, OSError) as exc:
+                stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            stats.connected_at = None
+            if stats.state != "stale":
+                stats.state = "reconnecting"
+            delay = self.backoff.next_delay()
+            log.info("source %s: %s; reconnecting in %.2fs", self.name, stats.last_error, delay)
+            await asyncio.sleep(delay)
+
+    async def _stream(self) -> None:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        last_seq = self.sequencer.last_seq(self.name)
+        if last_seq:
+            headers["Last-Event-ID"] = str(last_seq)
+        async with self.session.get(self.url, headers=headers, timeout=self.timeout) as resp:
+            if resp.status != 200:
+                raise SourceError(f"HTTP {resp.status}")
+            if resp.content_type != "text/event-stream":
+                raise SourceError(f"content-type {resp.content_type!r} is not text/event-stream")
+            stats = self.stats
+            stats.state = "connected"
+            stats.connects += 1
+            stats.connected_at = stats.last_event_at = time.time()
+            log.info("source %s connected (resuming after seq %s)", self.name, last_seq or "-")
+            parser = SSEParser(max_line=self.max_line)
+            async for chunk in resp.content.iter_any():
+                stats.last_event_at = time.time()
+                try:
+                    for event in parser.feed(chunk):
+                        self._on_event(event.event, event.data, event.id)
+                except SSEProtocolError as exc:
+                    self._reject(exc.reason, str(exc))
+
+    def _on_event(self, event: str, data: str, event_id: str | None) -> None:
+        stats = self.stats
+        if event != "tick":
+            stats.ignored += 1
+            return
+        try:
+            tick = parse_source_tick(data, event_id)
+        except TickRejected as exc:
+            self._reject(exc.reason, str(exc))
+            return
+        last = self.sequencer.last_seq(self.name)
+        if self.sequencer.accept(self.name, tick) is None:
+            stats.duplicates += 1
+            return
+        if last and tick.seq != last + 1:
+            stats.gaps += 1
+        stats.accepted += 1
+        stats.last_tick_lag = stats.last_event_at - tick.time.timestamp()
+        self.backoff.reset()
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.stats.rejects[reason] += 1
+        if self.stats.rejects[reason] in (1, 10, 100, 1000) or self.stats.rejects[reason] % 10000 == 0:
+            log.warning("source %s: rejected event (%s, %d so far): %s",
+                        self.name, reason, self.stats.rejects[reason], detail[:200])
+
+
+class Ingest:
+    """Owns the HTTP session and one client task per configured source."""
+
+    def __init__(self, sources: tuple[tuple[str, str], ...], sequencer: Sequencer, **client_options: Any) -> None:
+        self.sources = sources
+        self.sequencer = sequencer
+        self.client_options = client_options
+        self.clients: dict[str, SourceClient] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=True)
+        for name, url in self.sources:
+            client = SourceClient(name, url, self.sequencer, self._session, **self.client_options)
+            self.clients[name] = client
+            self._tasks.append(asyncio.create_task(client.run(), name=f"tickhub-source-{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+            self._session = None
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {name: c.stats.as_dict(self.sequencer.last_seq(name)) for name, c in self.clients.items()}

@@ -1,0 +1,60 @@
+"""Running the hub under uvicorn, with a shutdown that drains streams before uvicorn waits on them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from .app import create_app
+from .config import Settings
+
+
+class HubServer(uvicorn.Server):
+    """uvicorn's server, plus: on an exit signal, stop ingest and end every SSE stream first.
+
+    uvicorn waits for open connections before running the lifespan shutdown, and SSE connections
+    never end by themselves; so the signal handler (which only schedules work, as uvicorn's does)
+    asks the hub to drain, and the streams close within the graceful-shutdown timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._drain_soon()
+        super().handle_exit(sig, frame)
+
+    def request_stop(self) -> None:
+        """Stop as a signal would (for embedding the server, and for tests)."""
+        self._drain_soon()
+        self.should_exit = True
+
+    def _drain_soon(self) -> None:
+        hub = getattr(self.app.state, "hub", None)
+        if hub is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(hub.begin_drain)
+
+
+def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
+    app = create_app(settings)
+    options: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": int(max(1, settings.shutdown_timeout)),
+        "log_config": None,
+    }
+    options.update(uvicorn_options)
+    return HubServer(uvicorn.Config(app, **options), app)  # type: ignore[arg-type]

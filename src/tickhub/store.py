@@ -1,0 +1,223 @@
+"""PostgreSQL storage: the pool, migrations, tick writes and the read queries. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+
+import asyncpg
+import stamina
+
+from .wire import Tick
+
+log = logging.getLogger("tickhub.store")
+
+TICK_COLUMNS = ("id", "source", "symbol", "price", "ts", "seq")
+#: Hub ids are ``run * RUN_SPAN + n``: ids grow across restarts without persisting every id.
+RUN_SPAN = 10**12
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.CannotConnectNowError,
+)
+
+_SELECT_TICK = "SELECT id, source, symbol, price::text, ts, seq FROM ticks"
+
+SQL_NEW_RUN = "INSERT INTO hub_runs (host) VALUES ($1) RETURNING run"
+SQL_LAST_SEQ = "SELECT max(seq) FROM ticks WHERE source = $1"
+SQL_LATEST = "SELECT id, source, symbol, price::text, ts, seq FROM latest_ticks ORDER BY id"
+SQL_UPSERT_LATEST = """
+INSERT INTO latest_ticks (symbol, source, id, price, ts, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[])
+ON CONFLICT (symbol, source) DO UPDATE
+    SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq
+    WHERE latest_ticks.id < EXCLUDED.id
+"""
+SQL_STAGE = "CREATE TEMP TABLE ticks_staging (LIKE ticks) ON COMMIT DROP"
+SQL_MERGE_STAGED = (
+    "INSERT INTO ticks SELECT * FROM ticks_staging ORDER BY id ON CONFLICT DO NOTHING"
+)
+SQL_AFTER = _SELECT_TICK + " WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
+SQL_AFTER_SYMBOLS = _SELECT_TICK + " WHERE id > $1 AND id < $2 AND symbol = ANY($3::text[]) ORDER BY id LIMIT $4"
+SQL_COUNT_AFTER = "SELECT count(*) FROM (SELECT 1 FROM ticks WHERE id > $1 AND id < $2 LIMIT $3) AS t"
+SQL_COUNT_AFTER_SYMBOLS = (
+    "SELECT count(*) FROM (SELECT 1 FROM ticks WHERE id > $1 AND id < $2 AND symbol = ANY($3::text[]) LIMIT $4) AS t"
+)
+SQL_HISTORY_FORWARD = _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3 ORDER BY ts, id LIMIT $4"
+SQL_HISTORY_NEWEST = (
+    "SELECT * FROM (" + _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3"
+    " ORDER BY ts DESC, id DESC LIMIT $4) AS t ORDER BY ts, id"
+)
+SQL_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('tickhub.migrate.' || $1))"
+SQL_MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tickhub.migrate.' || $1))"
+SQL_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+TIME_MIN = datetime(1, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+class StoreUnavailable(RuntimeError):
+    """PostgreSQL could not be reached or dropped the connection; the operation may be retried."""
+
+
+@contextlib.contextmanager
+def unavailable_as_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _tick(row: Sequence) -> Tick:
+    return Tick(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(version, sql) of every migration file, in order."""
+    files = resources.files("tickhub.migrations")
+    found = sorted(f.name for f in files.iterdir() if f.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), files.joinpath(name).read_text()) for name in found]
+
+
+class Store:
+    """The hub's PostgreSQL: one asyncpg pool, created inside the running loop by :meth:`open`."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def open(cls, url: str, schema: str = "public", pool_size: int = 10, timeout: float = 10.0) -> Store:
+        """Connect (retrying briefly while the server starts), create the schema, apply migrations."""
+
+        @stamina.retry(on=_UNAVAILABLE, attempts=10, timeout=max(30.0, timeout), wait_max=3.0)
+        async def connect() -> asyncpg.Pool:
+            conn = await asyncpg.connect(url, timeout=timeout)
+            try:
+                # An identifier cannot be a bind parameter; Settings restricts it to [a-z0-9_].
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            finally:
+                await conn.close()
+            return await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                timeout=timeout,
+                command_timeout=timeout,
+                server_settings={"search_path": schema, "application_name": "tickhub"},
+            )
+
+        store = cls(await connect(), schema)
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pool.close()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock, so replicas starting together agree."""
+        applied_now: list[str] = []
+        async with self.pool.acquire() as conn:
+            await conn.execute(SQL_MIGRATION_LOCK, self.schema)
+            try:
+                await conn.execute(SQL_MIGRATIONS_TABLE)
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, sql in migrations():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                    applied_now.append(version)
+                    log.info("applied migration %s", version)
+            finally:
+                await conn.execute(SQL_MIGRATION_UNLOCK, self.schema)
+        return applied_now
+
+    async def new_run(self) -> int:
+        with unavailable_as_error():
+            return await self.pool.fetchval(SQL_NEW_RUN, socket.gethostname())
+
+    async def last_seqs(self, sources: Iterable[str]) -> dict[str, int]:
+        """The highest persisted seq of each source (0 if none): where its ingest resumes."""
+        result = {}
+        with unavailable_as_error():
+            async with self.pool.acquire() as conn:
+                for name in sources:
+                    result[name] = await conn.fetchval(SQL_LAST_SEQ, name) or 0
+        return result
+
+    async def latest(self) -> list[Tick]:
+        """The newest persisted tick of each (symbol, source), oldest first."""
+        with unavailable_as_error():
+            return [_tick(r) for r in await self.pool.fetch(SQL_LATEST)]
+
+    async def write_ticks(self, ticks: Sequence[Tick]) -> None:
+        """Persist a batch in one transaction; ticks already stored (same source, seq) are skipped."""
+        records = [(t.id, t.source, t.symbol, t.price, t.time, t.seq) for t in ticks]
+        latest: dict[tuple[str, str], Tick] = {}
+        for t in ticks:
+            latest[t.symbol, t.source] = t
+        columns = list(zip(*((t.symbol, t.source, t.id, t.price, t.time, t.seq) for t in latest.values()), strict=True))
+        with unavailable_as_error():
+            async with self.pool.acquire() as conn:
+                try:
+                    # Ingest already dropped replays, so a conflict is rare: COPY straight into the table
+                    # and fall back to a staging merge only when a batch was partly stored before.
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(
+                            "ticks", records=records, columns=TICK_COLUMNS, schema_name=self.schema
+                        )
+                        await conn.execute(SQL_UPSERT_LATEST, *columns)
+                except asyncpg.UniqueViolationError:
+                    async with conn.transaction():
+                        await conn.execute(SQL_STAGE)
+                        await conn.copy_records_to_table("ticks_staging", records=records, columns=TICK_COLUMNS)
+                        await conn.execute(SQL_MERGE_STAGED)
+                        await conn.execute(SQL_UPSERT_LATEST, *columns)
+
+    async def ticks_after(
+        self, after_id: int, before_id: int, symbols: Sequence[str] | None, limit: int
+    ) -> list[Tick]:
+        """Persisted ticks with after_id < id < before_id, in id order, at most ``limit``."""
+        with unavailable_as_error():
+            if symbols is None:
+                rows = await self.pool.fetch(SQL_AFTER, after_id, before_id, limit)
+            else:
+                rows = await self.pool.fetch(SQL_AFTER_SYMBOLS, after_id, before_id, list(symbols), limit)
+        return [_tick(r) for r in rows]
+
+    async def count_after(self, after_id: int, before_id: int, symbols: Sequence[str] | None, cap: int) -> int:
+        """How many ticks :meth:`ticks_after` would return without a limit, counting at most ``cap``."""
+        with unavailable_as_error():
+            if symbols is None:
+                return await self.pool.fetchval(SQL_COUNT_AFTER, after_id, before_id, cap)
+            return await self.pool.fetchval(SQL_COUNT_AFTER_SYMBOLS, after_id, before_id, list(symbols), cap)
+
+    async def history(
+        self, symbol: str, since: datetime | None, until: datetime | None, limit: int
+    ) -> list[Tick]:
+        """Ticks of one symbol in [since, until), oldest first: the first ``limit`` after ``since``
+        when it is given, else the newest ``limit`` before ``until``."""
+        query = SQL_HISTORY_FORWARD if since is not None else SQL_HISTORY_NEWEST
+        with unavailable_as_error():
+            rows = await self.pool.fetch(query, symbol, since or TIME_MIN, until or TIME_MAX, limit)
+        return [_tick(r) for r in rows]

@@ -1,0 +1,183 @@
+"""GET /stream: the SSE subscription, its snapshot, and resume by Last-Event-ID.
+
+A new subscriber gets ``retry:``, a ``snapshot`` event (with the newest id) and then live ticks
+from the fan-out. A resuming subscriber gets every tick after its id: from PostgreSQL for what
+the ring no longer holds, then from the ring, then live, with no gap and none twice. An id we
+cannot resume from (not ours, from the future, or needing more than ``replay_limit`` ticks) gets
+a ``resync`` event and a fresh snapshot instead — never silence.
+
+The response is driven by the fan-out's flusher rather than by a generator per subscriber, so it
+is a small ASGI response class of its own (see BENCHMARKS.md for the measurement behind this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from .errors import ApiError
+from .fanout import Subscriber, SymbolFilter, resync_frame
+from .sequencer import parse_event_id, run_of
+from .store import StoreUnavailable
+from .wire import SYMBOL_RE, retry_frame, tick_frame
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("tickhub.stream")
+
+REPLAY_PAGE = 2000
+RING_CHUNK = 1024
+PERSIST_WAIT = 5.0
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def parse_symbols(raw: str | None, max_symbols: int) -> SymbolFilter:
+    """``BTCUSD,meta`` → frozenset({"BTCUSD", "META"}); None (all symbols) when empty."""
+    if raw is None or not raw.strip():
+        return None
+    names = {part.strip().upper() for part in raw.split(",") if part.strip()}
+    if len(names) > max_symbols:
+        raise ApiError(400, "too_many_symbols", f"at most {max_symbols} symbols per subscription")
+    bad = sorted(n for n in names if not SYMBOL_RE.match(n))
+    if bad:
+        raise ApiError(400, "bad_symbol", f"not a symbol: {bad[0][:40]!r}")
+    return frozenset(names)
+
+
+class Resync(Exception):
+    """The subscriber cannot be resumed; carries the reason sent in the ``resync`` event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TickStreamResponse:
+    """An SSE response fed by the hub's fan-out."""
+
+    def __init__(self, hub: Hub, symbols: SymbolFilter, last_event_id: str | None) -> None:
+        self.hub = hub
+        self.symbols = symbols
+        self.last_event_id = last_event_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+
+        def write(data: bytes):  # noqa: ANN202 - returns the server's send coroutine, driven by the fan-out
+            return send({"type": "http.response.body", "body": data, "more_body": True})
+
+        def finish():  # noqa: ANN202
+            return send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        sub = Subscriber(write, finish, self.symbols)
+        receiver = asyncio.ensure_future(_until_disconnect(receive))
+        opener = None if self.last_event_id is None else asyncio.ensure_future(self._resume(sub))
+        if opener is None:
+            hub = self.hub
+            prelude = retry_frame(hub.settings.retry_ms) + hub.market.snapshot_frame(self.symbols)
+            hub.fanout.attach(sub, hub.ring.head, prelude)
+        try:
+            await asyncio.wait((receiver, sub.closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiver, opener):
+                if task is not None:
+                    task.cancel()
+            self.hub.fanout.detach(sub)
+            with contextlib.suppress(BaseException):
+                if opener is not None:
+                    await opener
+
+    async def _resume(self, sub: Subscriber) -> None:
+        hub = self.hub
+        try:
+            await sub.write(retry_frame(hub.settings.retry_ms))
+            position = await self._replay(sub)
+        except Resync as exc:
+            log.info("resyncing a subscriber at Last-Event-ID %r: %s", (self.last_event_id or "")[:40], exc.reason)
+            await sub.write(resync_frame(exc.reason, self.last_event_id))
+            hub.fanout.attach(sub, hub.ring.head, hub.market.snapshot_frame(self.symbols))
+            return
+        except Exception as exc:  # the client went away mid-replay, or the server refused a write
+            log.info("replay to a subscriber ended: %s", exc)
+            if not sub.closed.done():
+                sub.closed.set_result("replay failed")
+            return
+        hub.fanout.attach(sub, position)
+
+    async def _replay(self, sub: Subscriber) -> int:
+        """Send every tick after Last-Event-ID; return the ring position live delivery starts at."""
+        hub, ring, symbols = self.hub, self.hub.ring, self.symbols
+        cursor = parse_event_id(self.last_event_id)
+        if cursor is None:
+            raise Resync("unknown_id")
+        newest = hub.market.last_id or 0
+        if cursor > newest and run_of(cursor) >= hub.run:
+            raise Resync("unknown_id")  # an id this hub has not issued (yet)
+        budget = hub.settings.replay_limit
+        counted = False
+        while True:
+            upper = ring.first_id if len(ring) else hub.ring_floor_id
+            if cursor + 1 < upper:
+                # Part of the replay lies before the ring: it comes from PostgreSQL.
+                if not counted:
+                    counted = True
+                    try:
+                        n = await hub.store.count_after(cursor, upper, _sorted(symbols), budget + 1)
+                    except StoreUnavailable:
+                        raise Resync("history_unavailable") from None
+                    if n > budget:
+                        raise Resync("too_old")
+                if upper > hub.ring_floor_id:  # this run's own ticks left the ring: are they persisted?
+                    persisted = await hub.writer.wait_persisted(upper - 1, PERSIST_WAIT)
+                    if not persisted or not hub.writer.is_gap_free(cursor, upper):
+                        raise Resync("history_unavailable")
+                try:
+                    rows = await hub.store.ticks_after(cursor, upper, _sorted(symbols), REPLAY_PAGE)
+                except StoreUnavailable:
+                    raise Resync("history_unavailable") from None
+                if rows:
+                    await sub.write(b"".join(tick_frame(t.id, t.json) for t in rows))
+                    cursor = rows[-1].id
+                    budget -= len(rows)
+                    if budget < 0:
+                        raise Resync("too_old")
+                else:
+                    cursor = upper - 1  # nothing of ours lies between cursor and the ring
+                continue
+            position = ring.position_after(cursor)
+            if position >= ring.head or ring.head - position <= RING_CHUNK:
+                return position  # the fan-out sends the rest with the live ticks
+            end = position + RING_CHUNK
+            data = ring.collect(position, end, symbols)
+            cursor = ring.id_at(end - 1)
+            if data:
+                await sub.write(data)
+
+
+def _sorted(symbols: SymbolFilter) -> list[str] | None:
+    return None if symbols is None else sorted(symbols)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def stream_endpoint(request: Request) -> TickStreamResponse:
+    hub: Hub = request.app.state.hub
+    if hub.draining:
+        raise ApiError(503, "draining", "the hub is shutting down; reconnect to another replica or retry",
+                       {"Retry-After": "1"})
+    symbols = parse_symbols(request.query_params.get("symbols"), hub.settings.max_symbols)
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
+    return TickStreamResponse(hub, symbols, last_event_id)

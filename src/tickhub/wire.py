@@ -1,0 +1,268 @@
+"""The wire format every part of tickhub speaks: ticks, their JSON, SSE frames and an SSE parser.
+
+This module imports nothing else of tickhub, so sources, bots and the hub all build on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+#: Upper-case symbols such as ``BTCUSD``, ``BTC-USD``, ``ES.F``; no ``/`` so a symbol is one URL path segment.
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
+#: A plain positive decimal: no sign, no exponent, no NaN or infinity.
+PRICE_RE = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?$")
+#: Source names as given in ``TICKHUB_SOURCES``.
+SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class TickRejected(ValueError):
+    """A source event that is not a valid tick; ``reason`` is the counter it goes to."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class Tick:
+    """One price observation with its place in the hub stream.
+
+    ``price`` is the exact decimal string the source sent; ``ts`` is the canonical ISO-8601 UTC
+    string and ``time`` the same instant as a datetime (for PostgreSQL). ``json`` is the encoded
+    tick, computed once and shared by every subscriber and by history replays.
+    """
+
+    __slots__ = ("id", "json", "price", "seq", "source", "symbol", "time", "ts")
+
+    def __init__(
+        self, id: int, source: str, symbol: str, price: str, time: datetime, seq: int, ts: str | None = None
+    ) -> None:
+        self.id = id
+        self.source = source
+        self.symbol = symbol
+        self.price = price
+        self.time = time
+        self.ts = ts if ts is not None else format_ts(time)
+        self.seq = seq
+        self.json = orjson.dumps(
+            {
+                "id": str(id),
+                "source": source,
+                "symbol": symbol,
+                "price": price,
+                "ts": self.ts,
+                "seq": seq,
+            }
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return orjson.loads(self.json)
+
+    def __repr__(self) -> str:
+        return f"Tick({self.json.decode()})"
+
+
+def format_ts(dt: datetime) -> str:
+    """Canonical wire timestamp: ``2026-11-23T19:00:00.123456Z``."""
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def parse_ts(value: object) -> datetime:
+    """Parse an ISO-8601 timestamp with an offset (``Z`` allowed) into an aware UTC datetime."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise TickRejected("bad_ts", "ts must be an ISO-8601 string")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise TickRejected("bad_ts", f"not ISO-8601: {value[:40]!r}") from None
+    if dt.tzinfo is None:
+        raise TickRejected("bad_ts", "ts needs a UTC offset")
+    return dt.astimezone(UTC) if dt.tzinfo is not UTC else dt
+
+
+def check_price(value: object) -> str:
+    """Return the price string if it is a plain decimal above zero."""
+    if not isinstance(value, str) or not PRICE_RE.match(value):
+        raise TickRejected("bad_price", f"not a positive decimal string: {str(value)[:40]!r}")
+    if not value.strip("0."):
+        raise TickRejected("bad_price", "price must be above zero")
+    return value
+
+
+def check_symbol(value: object) -> str:
+    if not isinstance(value, str) or not SYMBOL_RE.match(value):
+        raise TickRejected("bad_symbol", f"bad symbol {str(value)[:40]!r}")
+    return value
+
+
+class SourceTick(NamedTuple):
+    """A validated tick as a source sent it, before the hub gives it an id."""
+
+    symbol: str
+    price: str
+    time: datetime
+    ts: str
+    seq: int
+
+
+def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceTick:
+    """Validate one source event's data; raise :class:`TickRejected` naming the reason."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise TickRejected("bad_json") from None
+    if not isinstance(obj, dict):
+        raise TickRejected("bad_json", "tick must be a JSON object")
+    try:
+        symbol, price, ts = obj["symbol"], obj["price"], obj["ts"]
+    except KeyError as exc:
+        raise TickRejected("missing_field", str(exc)) from None
+    seq = obj.get("seq")
+    if seq is None and event_id is not None:
+        seq = int(event_id) if event_id.isdigit() else None
+    if seq is None:
+        raise TickRejected("missing_field", "'seq'")
+    if type(seq) is not int or seq <= 0 or seq >= 1 << 63:
+        raise TickRejected("bad_seq", f"seq must be a positive integer, got {str(seq)[:24]!r}")
+    time = parse_ts(ts)
+    return SourceTick(check_symbol(symbol), check_price(price), time, format_ts(time), seq)
+
+
+def source_tick_json(source: str, symbol: str, price: str, ts: str, seq: int) -> bytes:
+    """The data line a source publishes for one tick."""
+    return orjson.dumps({"source": source, "symbol": symbol, "price": price, "ts": ts, "seq": seq})
+
+
+# --- SSE frames -------------------------------------------------------------------------------
+
+
+def tick_frame(id: int, data: bytes) -> bytes:
+    """A ``tick`` event with its id; ``data`` is one line of JSON."""
+    return b"id: %d\nevent: tick\ndata: %b\n\n" % (id, data)
+
+
+def event_frame(event: str, data: bytes, id: str | int | None = None) -> bytes:
+    head = b"" if id is None else b"id: %b\n" % str(id).encode()
+    return b"%bevent: %b\ndata: %b\n\n" % (head, event.encode(), data)
+
+
+def retry_frame(ms: int) -> bytes:
+    return b"retry: %d\n\n" % ms
+
+
+def comment_frame(text: str = "ping") -> bytes:
+    return b": %b\n\n" % text.encode()
+
+
+# --- SSE parsing ------------------------------------------------------------------------------
+
+
+class SSEEvent(NamedTuple):
+    event: str
+    data: str
+    id: str | None
+    retry: int | None
+
+
+class SSEProtocolError(ValueError):
+    """The byte stream broke the SSE framing rules we enforce (an oversized line or event)."""
+
+    reason = "oversized"
+
+
+class SSEParser:
+    """Incremental parser for ``text/event-stream`` bytes (WHATWG rules) with size limits.
+
+    Feed it chunks as they arrive; it yields complete events. Comment lines count as
+    heartbeats (``comments``). A line longer than ``max_line`` or an event whose data grows
+    beyond ``max_event`` raises :class:`SSEProtocolError` after discarding that event, so the
+    caller can count it and carry on with the next one.
+    """
+
+    __slots__ = (
+        "_buf", "_cr", "_data", "_event", "_id", "_retry", "_size", "comments", "last_id", "max_event", "max_line",
+    )
+
+    def __init__(self, max_line: int = 65536, max_event: int = 262144) -> None:
+        self.max_line = max_line
+        self.max_event = max_event
+        self._buf = b""
+        self._cr = False
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event = b""
+        self._id: bytes | None = None
+        self._retry: int | None = None
+        self.comments = 0
+        self.last_id: str | None = None
+
+    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the \n of a \r\n split across chunks
+        self._cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        oversized = len(self._buf) > self.max_line
+        if oversized:
+            self._buf = b""
+        for line in lines:
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    yield event
+                continue
+            if len(line) > self.max_line:
+                self._reset()
+                raise SSEProtocolError(f"line of {len(line)} bytes exceeds {self.max_line}")
+            if line[0] == 58:  # ':' comment, used as heartbeat
+                self.comments += 1
+                continue
+            name, sep, value = line.partition(b":")
+            if sep and value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+                self._size += len(value) + 1
+                if self._size > self.max_event:
+                    self._reset()
+                    raise SSEProtocolError(f"event data exceeds {self.max_event} bytes")
+            elif name == b"event":
+                self._event = value
+            elif name == b"id":
+                if b"\0" not in value:
+                    self._id = value
+            elif name == b"retry" and value.isdigit():
+                self._retry = int(value)
+        if oversized:
+            self._reset()
+            raise SSEProtocolError(f"line exceeds {self.max_line} bytes")
+
+    def _reset(self) -> None:
+        self._data = []
+        self._size = 0
+        self._event = b""
+        self._retry = None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if self._id is not None:
+            self.last_id = self._id.decode("utf-8", "replace")
+        if not self._data:
+            self._event = b""
+            return None
+        event = SSEEvent(
+            self._event.decode("utf-8", "replace") or "message",
+            b"\n".join(self._data).decode("utf-8", "replace"),
+            self.last_id,
+            self._retry,
+        )
+        self._reset()
+        return event
