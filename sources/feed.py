@@ -25,6 +25,7 @@ from tickhub.wire import comment_frame, format_ts, retry_frame, source_tick_json
 log = logging.getLogger("tickhub.source")
 
 WRITE_CHUNK = 2000  # events per write when a consumer catches up
+FEED = web.AppKey("feed", "SourceFeed")
 
 
 class SourceFeed:
@@ -166,7 +167,7 @@ class SourceFeed:
 def source_app(feed: SourceFeed, producer: Callable[[], Awaitable[None]] | None = None, **info: Any) -> web.Application:
     """An aiohttp app serving ``feed`` at ``/stream`` (and ``/`` for info), running ``producer``."""
     app = web.Application()
-    app["feed"] = feed
+    app[FEED] = feed
     app.router.add_get("/stream", feed.handle_stream)
     app.router.add_get("/", feed.handle_info)
 
@@ -206,7 +207,7 @@ async def serve_until_signal(app: web.Application, host: str, port: int) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner, bound = await start_site(app, host, port)
-    log.info("source %s serving on http://%s:%d/stream", app["feed"].name, host, bound)
+    log.info("source %s serving on http://%s:%d/stream", app[FEED].name, host, bound)
     try:
         await stop.wait()
     finally:

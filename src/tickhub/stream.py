@@ -102,6 +102,10 @@ class TickStreamResponse:
         try:
             await sub.write(retry_frame(hub.settings.retry_ms))
             position = await self._replay(sub)
+            # No await from here on: the rest of the ring is taken and handed over in one step,
+            # so no burst of ticks can push it out of the ring in between.
+            head = hub.ring.head
+            rest = hub.ring.collect(position, head, self.symbols)
         except Resync as exc:
             log.info("resyncing a subscriber at Last-Event-ID %r: %s", (self.last_event_id or "")[:40], exc.reason)
             await sub.write(resync_frame(exc.reason, self.last_event_id))
@@ -112,7 +116,7 @@ class TickStreamResponse:
             if not sub.closed.done():
                 sub.closed.set_result("replay failed")
             return
-        hub.fanout.attach(sub, position)
+        hub.fanout.attach(sub, head, rest)
 
     async def _replay(self, sub: Subscriber) -> int:
         """Send every tick after Last-Event-ID; return the ring position live delivery starts at."""
@@ -155,8 +159,8 @@ class TickStreamResponse:
                     cursor = upper - 1  # nothing of ours lies between cursor and the ring
                 continue
             position = ring.position_after(cursor)
-            if position >= ring.head or ring.head - position <= RING_CHUNK:
-                return position  # the fan-out sends the rest with the live ticks
+            if ring.head - position <= RING_CHUNK:
+                return position
             end = position + RING_CHUNK
             data = ring.collect(position, end, symbols)
             cursor = ring.id_at(end - 1)

@@ -167,7 +167,6 @@ class SSEEvent(NamedTuple):
     event: str
     data: str
     id: str | None
-    retry: int | None
 
 
 class SSEProtocolError(ValueError):
@@ -186,7 +185,7 @@ class SSEParser:
     """
 
     __slots__ = (
-        "_buf", "_cr", "_data", "_event", "_id", "_retry", "_size", "comments", "last_id", "max_event", "max_line",
+        "_buf", "_cr", "_data", "_event", "_id", "_size", "comments", "last_id", "max_event", "max_line", "retry",
     )
 
     def __init__(self, max_line: int = 65536, max_event: int = 262144) -> None:
@@ -198,7 +197,8 @@ class SSEParser:
         self._size = 0
         self._event = b""
         self._id: bytes | None = None
-        self._retry: int | None = None
+        #: The last ``retry:`` value the server sent, in milliseconds.
+        self.retry: int | None = None
         self.comments = 0
         self.last_id: str | None = None
 
@@ -241,7 +241,7 @@ class SSEParser:
                 if b"\0" not in value:
                     self._id = value
             elif name == b"retry" and value.isdigit():
-                self._retry = int(value)
+                self.retry = int(value)
         if oversized:
             self._reset()
             raise SSEProtocolError(f"line exceeds {self.max_line} bytes")
@@ -250,7 +250,6 @@ class SSEParser:
         self._data = []
         self._size = 0
         self._event = b""
-        self._retry = None
 
     def _dispatch(self) -> SSEEvent | None:
         if self._id is not None:
@@ -262,7 +261,6 @@ class SSEParser:
             self._event.decode("utf-8", "replace") or "message",
             b"\n".join(self._data).decode("utf-8", "replace"),
             self.last_id,
-            self._retry,
         )
         self._reset()
         return event

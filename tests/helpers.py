@@ -1,0 +1,278 @@
+"""Test helpers: hubs and sources on real sockets, an SSE client, a cuttable TCP proxy, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from sources.feed import SourceFeed, source_app, start_site
+from sources.mock import MockMarket, RandomWalk
+from tickhub.config import Settings
+from tickhub.hub import Hub
+from tickhub.server import HubServer, build_server
+from tickhub.wire import SSEEvent, SSEParser
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bound_socket(port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+class RunningHub:
+    def __init__(self, server: HubServer, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def hub(self) -> Hub:
+        return self.server.app.state.hub
+
+
+@contextlib.asynccontextmanager
+async def running_hub(settings: Settings, port: int = 0) -> AsyncIterator[RunningHub]:
+    """A hub under uvicorn on a real socket in this loop; stopped (drained) on exit."""
+    sock = bound_socket(port)
+    server = build_server(settings, log_level="warning")
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await wait_for(lambda: server.started or task.done(), 20, "the hub to start")
+        if task.done():
+            task.result()
+            raise AssertionError("hub exited during start-up")
+        yield RunningHub(server, sock.getsockname()[1])
+    finally:
+        server.request_stop()
+        try:
+            async with asyncio.timeout(15):
+                await task
+        finally:
+            sock.close()
+
+
+class RunningSource:
+    def __init__(self, feed: SourceFeed, port: int, runner: Any) -> None:
+        self.feed = feed
+        self.port = port
+        self.runner = runner
+        self.url = f"http://127.0.0.1:{port}/stream"
+
+
+@contextlib.asynccontextmanager
+async def running_mock(
+    symbols: tuple[str, ...] = ("BTCUSD",), interval: float = 0.01, limit: int | None = None,
+    name: str = "mock", ring_size: int = 100_000, heartbeat: float = 0.5, seed: int = 7,
+) -> AsyncIterator[RunningSource]:
+    """The mock source in this loop on a real socket."""
+    import random
+
+    rng = random.Random(seed)
+    feed = SourceFeed(name, ring_size=ring_size, heartbeat=heartbeat)
+    walks = {s: RandomWalk("1000.00", rng) for s in symbols}
+    app = source_app(feed, MockMarket(feed, walks, interval, limit).run)
+    runner, port = await start_site(app)
+    try:
+        yield RunningSource(feed, port, runner)
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def scripted_source(frames: list[bytes], heartbeat: float = 0.2, close_after: bool = False
+                          ) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A source that sends ``frames`` verbatim to each consumer, then heartbeats (or closes).
+
+    Yields its URL and the list of request headers it saw (one dict per connection).
+    """
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        if close_after:
+            return response
+        while True:
+            await asyncio.sleep(heartbeat)
+            await response.write(b": ping\n\n")
+
+    app = web.Application()
+    app.router.add_get("/stream", stream)
+    runner, port = await start_site(app)
+    try:
+        yield f"http://127.0.0.1:{port}/stream", seen
+    finally:
+        await runner.cleanup()
+
+
+class SSEStream:
+    """A test subscriber: an aiohttp streaming GET parsed with the wire parser."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.parser = SSEParser(max_line=1 << 22, max_event=1 << 24)
+        self._pending: list[SSEEvent] = []
+        self.comments = 0
+
+    async def next(self, timeout: float = 10.0) -> SSEEvent:
+        async with asyncio.timeout(timeout):
+            while not self._pending:
+                chunk = await self.response.content.readany()
+                if not chunk:
+                    raise EOFError("stream ended")
+                self._pending.extend(self.parser.feed(chunk))
+                self.comments = self.parser.comments
+        return self._pending.pop(0)
+
+    async def wait_comments(self, n: int, timeout: float = 10.0) -> None:
+        """Read until ``n`` comment lines (heartbeats) have arrived, queueing any events."""
+        async with asyncio.timeout(timeout):
+            while self.parser.comments < n:
+                chunk = await self.response.content.readany()
+                if not chunk:
+                    raise EOFError("stream ended")
+                self._pending.extend(self.parser.feed(chunk))
+        self.comments = self.parser.comments
+
+    async def next_event(self, kind: str, timeout: float = 10.0) -> SSEEvent:
+        while True:
+            event = await self.next(timeout)
+            if event.event == kind:
+                return event
+
+    async def ticks(self, n: int, timeout: float = 10.0, allow_resync: bool = False) -> list[dict[str, Any]]:
+        """The next ``n`` tick events as dicts; heartbeats skipped, a ``resync`` fails unless allowed."""
+        out = []
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                event = await self.next(timeout)
+                if event.event == "resync" and not allow_resync:
+                    raise AssertionError(f"unexpected resync after {len(out)} ticks: {event.data}")
+                if event.event == "tick":
+                    tick = orjson.loads(event.data)
+                    assert tick["id"] == event.id, "SSE id and tick id differ"
+                    out.append(tick)
+        return out
+
+
+@contextlib.asynccontextmanager
+async def subscribe(base_url: str, query: str = "", last_event_id: str | None = None
+                    ) -> AsyncIterator[SSEStream]:
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.get(f"{base_url}/stream{query}", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "text/event-stream"
+        yield SSEStream(response)
+
+
+async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every open connection mid-stream."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+def spawn_mock_source(port: int, name: str = "mock", symbols: str = "BTCUSD", interval: float = 0.01,
+                      extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """The mock source as its own process (for kill -9 tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tickhub", "source", "mock", "--port", str(port), "--name", name,
+         "--symbols", symbols, "--interval", str(interval), "--heartbeat", "0.5", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,144 @@
+"""The wire format: SSE parsing and framing, tick validation, timestamps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from tickhub.wire import (
+    SSEParser,
+    SSEProtocolError,
+    Tick,
+    TickRejected,
+    format_ts,
+    parse_source_tick,
+    source_tick_json,
+    tick_frame,
+)
+
+
+def feed_all(parser: SSEParser, *chunks: bytes) -> list:
+    out = []
+    for chunk in chunks:
+        out.extend(parser.feed(chunk))
+    return out
+
+
+def test_parser_reads_events_split_at_every_byte() -> None:
+    stream = b"retry: 3000\n\nid: 7\nevent: tick\ndata: {\"a\":1}\n\n: ping\n\ndata: x\ndata: y\n\n"
+    whole = feed_all(SSEParser(), stream)
+    parser = SSEParser()
+    split = feed_all(parser, *[stream[i : i + 1] for i in range(len(stream))])
+    assert whole == split
+    assert [(e.event, e.data, e.id) for e in whole] == [("tick", '{"a":1}', "7"), ("message", "x\ny", "7")]
+    assert parser.retry == 3000
+    assert parser.comments == 1
+
+
+def test_parser_accepts_crlf_and_cr_line_ends_even_split_between_chunks() -> None:
+    parser = SSEParser()
+    events = feed_all(parser, b"id: 1\r\ndata: a\r", b"\ndata: b\r\n\r", b"\nid: 2\rdata: c\r\r")
+    assert [(e.data, e.id) for e in events] == [("a\nb", "1"), ("c", "2")]
+
+
+def test_parser_keeps_last_id_for_events_without_one_and_ignores_unknown_fields() -> None:
+    events = feed_all(SSEParser(), b"id: 5\nfoo: bar\ndata: 1\n\ndata: 2\n\n")
+    assert [e.id for e in events] == ["5", "5"]
+
+
+def test_oversized_line_is_rejected_and_parsing_goes_on() -> None:
+    parser = SSEParser(max_line=100)
+    with pytest.raises(SSEProtocolError):
+        feed_all(parser, b"data: " + b"x" * 500 + b"\n\n")
+    assert [e.data for e in feed_all(parser, b"data: ok\n\n")] == ["ok"]
+
+
+def test_oversized_partial_line_without_newline_is_rejected() -> None:
+    parser = SSEParser(max_line=100)
+    with pytest.raises(SSEProtocolError):
+        feed_all(parser, b"data: " + b"x" * 500)
+    assert [e.data for e in feed_all(parser, b"\ndata: ok\n\n")] == ["ok"]
+
+
+def test_oversized_event_of_many_lines_is_rejected() -> None:
+    parser = SSEParser(max_line=100, max_event=1000)
+    with pytest.raises(SSEProtocolError):
+        feed_all(parser, b"data: " + b"x" * 90 + b"\n" * 1 + (b"data: " + b"x" * 90 + b"\n") * 20 + b"\n")
+    assert [e.data for e in feed_all(parser, b"data: ok\n\n")] == ["ok"]
+
+
+def good(**changes: object) -> bytes:
+    tick = {"symbol": "BTCUSD", "price": "43000.10", "ts": "2026-11-23T10:00:00.5Z", "seq": 42}
+    tick.update(changes)
+    return orjson.dumps({k: v for k, v in tick.items() if v is not None})
+
+
+def test_valid_source_tick_is_normalised() -> None:
+    tick = parse_source_tick(good())
+    assert tick.symbol == "BTCUSD"
+    assert tick.price == "43000.10"
+    assert tick.ts == "2026-11-23T10:00:00.500000Z"
+    assert tick.time == datetime(2026, 11, 23, 10, 0, 0, 500000, tzinfo=UTC)
+    assert tick.seq == 42
+
+
+def test_timestamp_with_offset_is_converted_to_utc() -> None:
+    assert parse_source_tick(good(ts="2026-11-23T13:00:00+03:00")).ts == "2026-11-23T10:00:00.000000Z"
+
+
+def test_seq_falls_back_to_the_sse_id() -> None:
+    data = orjson.dumps({"symbol": "META", "price": "1", "ts": "2026-11-23T10:00:00Z"})
+    assert parse_source_tick(data, "77").seq == 77
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (b"[1,2]", "bad_json"),
+        (orjson.dumps({"price": "1", "ts": "2026-11-23T10:00:00Z", "seq": 1}), "missing_field"),
+        (good(seq=None), "missing_field"),
+        (good(price="-1.5"), "bad_price"),
+        (good(price="NaN"), "bad_price"),
+        (good(price="Infinity"), "bad_price"),
+        (good(price="0.000"), "bad_price"),
+        (good(price="1e5"), "bad_price"),
+        (good(price=43000.1), "bad_price"),
+        (good(price=""), "bad_price"),
+        (good(symbol="btcusd"), "bad_symbol"),
+        (good(symbol="BTC/USD"), "bad_symbol"),
+        (good(symbol="X" * 40), "bad_symbol"),
+        (good(symbol="BTC'; DROP TABLE ticks;--"), "bad_symbol"),
+        (good(ts="yesterday"), "bad_ts"),
+        (good(ts="2026-11-23T10:00:00"), "bad_ts"),
+        (good(ts=1700000000), "bad_ts"),
+        (good(seq=-3), "bad_seq"),
+        (good(seq="12"), "bad_seq"),
+        (good(seq=True), "bad_seq"),
+        (good(seq=1.5), "bad_seq"),
+    ],
+)
+def test_malformed_source_ticks_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(TickRejected) as info:
+        parse_source_tick(data)
+    assert info.value.reason == reason
+
+
+def test_tick_json_and_frame_round_trip_through_the_parser() -> None:
+    time = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    tick = Tick(1000000000001, "mock", "BTCUSD", "43000.00", time, 5)
+    frame = tick_frame(tick.id, tick.json)
+    (event,) = feed_all(SSEParser(), frame)
+    assert event.event == "tick" and event.id == "1000000000001"
+    assert orjson.loads(event.data) == {
+        "id": "1000000000001", "source": "mock", "symbol": "BTCUSD", "price": "43000.00",
+        "ts": "2026-11-23T10:00:00.000000Z", "seq": 5,
+    }
+    assert format_ts(time) == "2026-11-23T10:00:00.000000Z"
+
+
+def test_source_tick_json_is_accepted_by_the_hub_validation() -> None:
+    data = source_tick_json("mock", "TCSG", "3000.25", "2026-11-23T10:00:00.000000Z", 9)
+    assert parse_source_tick(data).price == "3000.25"
