@@ -97,9 +97,7 @@ class SourceFeed:
         Used by producers that emit as fast as they can, so a benchmark loses nothing.
         """
         limit = self.capacity // 2
-        while not self.closing and (
-            not self._cursors or min(self._cursors.values()) < self.next_seq - limit
-        ):
+        while not self.closing and (not self._cursors or min(self._cursors.values()) < self.next_seq - limit):
             waiter = asyncio.get_running_loop().create_future()
             self._progress.append(waiter)
             with contextlib.suppress(TimeoutError):

@@ -42,6 +42,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def bound_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,8 +97,13 @@ class RunningSource:
 
 @contextlib.asynccontextmanager
 async def running_mock(
-    symbols: tuple[str, ...] = ("BTCUSD",), interval: float = 0.01, limit: int | None = None,
-    name: str = "mock", ring_size: int = 100_000, heartbeat: float = 0.5, seed: int = 7,
+    symbols: tuple[str, ...] = ("BTCUSD",),
+    interval: float = 0.01,
+    limit: int | None = None,
+    name: str = "mock",
+    ring_size: int = 100_000,
+    heartbeat: float = 0.5,
+    seed: int = 7,
 ) -> AsyncIterator[RunningSource]:
     """The mock source in this loop on a real socket."""
     import random
@@ -109,8 +120,9 @@ async def running_mock(
 
 
 @contextlib.asynccontextmanager
-async def scripted_source(frames: list[bytes], heartbeat: float = 0.2, close_after: bool = False
-                          ) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+async def scripted_source(
+    frames: list[bytes], heartbeat: float = 0.2, close_after: bool = False
+) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """A source that sends ``frames`` verbatim to each consumer, then heartbeats (or closes).
 
     Yields its URL and the list of request headers it saw (one dict per connection).
@@ -123,13 +135,13 @@ async def scripted_source(frames: list[bytes], heartbeat: float = 0.2, close_aft
         seen.append(dict(request.headers))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for frame in frames:
-            await response.write(frame)
-        if close_after:
-            return response
-        while True:
-            await asyncio.sleep(heartbeat)
-            await response.write(b": ping\n\n")
+        with contextlib.suppress(ConnectionError):
+            for frame in frames:
+                await response.write(frame)
+            while not close_after:
+                await asyncio.sleep(heartbeat)
+                await response.write(b": ping\n\n")
+        return response
 
     app = web.Application()
     app.router.add_get("/stream", stream)
@@ -191,14 +203,15 @@ class SSEStream:
 
 
 @contextlib.asynccontextmanager
-async def subscribe(base_url: str, query: str = "", last_event_id: str | None = None
-                    ) -> AsyncIterator[SSEStream]:
+async def subscribe(base_url: str, query: str = "", last_event_id: str | None = None) -> AsyncIterator[SSEStream]:
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session, \
-            session.get(f"{base_url}/stream{query}", headers=headers) as response:
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{base_url}/stream{query}", headers=headers) as response,
+    ):
         assert response.status == 200, await response.text()
         assert response.content_type == "text/event-stream"
         yield SSEStream(response)
@@ -257,13 +270,32 @@ class TcpProxy:
         self._writers -= {writer, up_writer}
 
 
-def spawn_mock_source(port: int, name: str = "mock", symbols: str = "BTCUSD", interval: float = 0.01,
-                      extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def spawn_mock_source(
+    port: int, name: str = "mock", symbols: str = "BTCUSD", interval: float = 0.01, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """The mock source as its own process (for kill -9 tests)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tickhub", "source", "mock", "--port", str(port), "--name", name,
-         "--symbols", symbols, "--interval", str(interval), "--heartbeat", "0.5", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "tickhub",
+            "source",
+            "mock",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--symbols",
+            symbols,
+            "--interval",
+            str(interval),
+            "--heartbeat",
+            "0.5",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 

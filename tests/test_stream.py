@@ -9,8 +9,10 @@ from tickhub.config import Settings
 
 
 async def test_new_subscriber_gets_snapshot_then_ticks_with_consecutive_ids(settings: Settings) -> None:
-    async with running_mock(("BTCUSD", "META")) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),))) as hub:
+    async with (
+        running_mock(("BTCUSD", "META")) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),))) as hub,
+    ):
         await wait_for(lambda: len(hub.hub.market.latest) == 2, what="both symbols")
         async with subscribe(hub.url) as stream:
             assert stream.parser.retry is None
@@ -30,8 +32,10 @@ async def test_new_subscriber_gets_snapshot_then_ticks_with_consecutive_ids(sett
 
 
 async def test_symbols_filter_and_its_snapshot(settings: Settings) -> None:
-    async with running_mock(("BTCUSD", "META", "TCSG")) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),))) as hub:
+    async with (
+        running_mock(("BTCUSD", "META", "TCSG")) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),))) as hub,
+    ):
         await wait_for(lambda: len(hub.hub.market.latest) == 3, what="three symbols")
         async with subscribe(hub.url, "?symbols=meta,TCSG") as stream:
             snapshot = await stream.next_event("snapshot")
@@ -43,8 +47,10 @@ async def test_symbols_filter_and_its_snapshot(settings: Settings) -> None:
 
 
 async def test_reconnect_with_last_event_id_gets_exactly_the_missed_ticks(settings: Settings) -> None:
-    async with running_mock(("BTCUSD", "META")) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),))) as hub:
+    async with (
+        running_mock(("BTCUSD", "META")) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),))) as hub,
+    ):
         async with subscribe(hub.url) as witness:
             await witness.next_event("snapshot")
             async with subscribe(hub.url) as first:
@@ -62,8 +68,10 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_missed_ticks(settin
 
 
 async def test_resume_from_postgresql_when_the_ring_no_longer_holds_the_ticks(settings: Settings) -> None:
-    async with running_mock(("BTCUSD",), interval=0.002) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),), ring_size=32)) as hub:
+    async with (
+        running_mock(("BTCUSD",), interval=0.002) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),), ring_size=32)) as hub,
+    ):
         async with subscribe(hub.url) as first:
             await first.next_event("snapshot")
             seen = await first.ticks(5)
@@ -78,8 +86,10 @@ async def test_resume_from_postgresql_when_the_ring_no_longer_holds_the_ticks(se
 
 
 async def test_unknown_last_event_id_gets_resync_then_snapshot(settings: Settings) -> None:
-    async with running_mock(("BTCUSD",)) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),))) as hub:
+    async with (
+        running_mock(("BTCUSD",)) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),))) as hub,
+    ):
         await wait_for(lambda: hub.hub.market.last_id, what="a first tick")
         future = str(hub.hub.market.last_id + 10**6)
         for bad in ("not-an-id", future, "-5", "1" * 30):
@@ -94,8 +104,10 @@ async def test_unknown_last_event_id_gets_resync_then_snapshot(settings: Setting
 
 
 async def test_id_older_than_the_replay_limit_gets_resync(settings: Settings) -> None:
-    async with running_mock(("BTCUSD",), interval=0.002) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),), ring_size=16, replay_limit=50)) as hub:
+    async with (
+        running_mock(("BTCUSD",), interval=0.002) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),), ring_size=16, replay_limit=50)) as hub,
+    ):
         await wait_for(lambda: hub.hub.market.last_id, what="a first tick")
         first = hub.hub.market.last_id
         await wait_for(lambda: hub.hub.writer.persisted_id > first + 200, what="200 ticks persisted")
@@ -107,8 +119,10 @@ async def test_id_older_than_the_replay_limit_gets_resync(settings: Settings) ->
 
 
 async def test_heartbeats_keep_a_quiet_stream_alive(settings: Settings) -> None:
-    async with running_mock(("BTCUSD",), limit=3) as source, \
-            running_hub(settings.replace(sources=(("mock", source.url),), heartbeat=0.2)) as hub:
+    async with (
+        running_mock(("BTCUSD",), limit=3) as source,
+        running_hub(settings.replace(sources=(("mock", source.url),), heartbeat=0.2)) as hub,
+    ):
         async with subscribe(hub.url) as stream:
             await stream.next_event("snapshot")
             await stream.wait_comments(3, timeout=10)

@@ -9,7 +9,6 @@ import pytest
 
 from tickhub.wire import (
     SSEParser,
-    SSEProtocolError,
     Tick,
     TickRejected,
     format_ts,
@@ -27,7 +26,7 @@ def feed_all(parser: SSEParser, *chunks: bytes) -> list:
 
 
 def test_parser_reads_events_split_at_every_byte() -> None:
-    stream = b"retry: 3000\n\nid: 7\nevent: tick\ndata: {\"a\":1}\n\n: ping\n\ndata: x\ndata: y\n\n"
+    stream = b'retry: 3000\n\nid: 7\nevent: tick\ndata: {"a":1}\n\n: ping\n\ndata: x\ndata: y\n\n'
     whole = feed_all(SSEParser(), stream)
     parser = SSEParser()
     split = feed_all(parser, *[stream[i : i + 1] for i in range(len(stream))])
@@ -48,25 +47,25 @@ def test_parser_keeps_last_id_for_events_without_one_and_ignores_unknown_fields(
     assert [e.id for e in events] == ["5", "5"]
 
 
-def test_oversized_line_is_rejected_and_parsing_goes_on() -> None:
+def test_oversized_line_drops_only_its_own_event() -> None:
     parser = SSEParser(max_line=100)
-    with pytest.raises(SSEProtocolError):
-        feed_all(parser, b"data: " + b"x" * 500 + b"\n\n")
-    assert [e.data for e in feed_all(parser, b"data: ok\n\n")] == ["ok"]
+    events = feed_all(parser, b"data: a\n\nid: 9\ndata: " + b"x" * 500 + b"\nevent: big\n\ndata: b\n\n")
+    assert [(e.data, e.event) for e in events] == [("a", "message"), ("b", "message")]
+    assert parser.oversized == 1
 
 
-def test_oversized_partial_line_without_newline_is_rejected() -> None:
+def test_oversized_line_spread_over_chunks_is_counted_once() -> None:
     parser = SSEParser(max_line=100)
-    with pytest.raises(SSEProtocolError):
-        feed_all(parser, b"data: " + b"x" * 500)
-    assert [e.data for e in feed_all(parser, b"\ndata: ok\n\n")] == ["ok"]
+    chunks = [b"data: ok1\n\ndata: "] + [b"x" * 60] * 10 + [b"\n\ndata: ok2\n\n"]
+    assert [e.data for e in feed_all(parser, *chunks)] == ["ok1", "ok2"]
+    assert parser.oversized == 1
 
 
-def test_oversized_event_of_many_lines_is_rejected() -> None:
+def test_oversized_event_of_many_lines_is_dropped() -> None:
     parser = SSEParser(max_line=100, max_event=1000)
-    with pytest.raises(SSEProtocolError):
-        feed_all(parser, b"data: " + b"x" * 90 + b"\n" * 1 + (b"data: " + b"x" * 90 + b"\n") * 20 + b"\n")
-    assert [e.data for e in feed_all(parser, b"data: ok\n\n")] == ["ok"]
+    many = (b"data: " + b"x" * 90 + b"\n") * 20
+    assert [e.data for e in feed_all(parser, many + b"\ndata: ok\n\n")] == ["ok"]
+    assert parser.oversized == 1
 
 
 def good(**changes: object) -> bytes:
@@ -133,8 +132,12 @@ def test_tick_json_and_frame_round_trip_through_the_parser() -> None:
     (event,) = feed_all(SSEParser(), frame)
     assert event.event == "tick" and event.id == "1000000000001"
     assert orjson.loads(event.data) == {
-        "id": "1000000000001", "source": "mock", "symbol": "BTCUSD", "price": "43000.00",
-        "ts": "2026-11-23T10:00:00.000000Z", "seq": 5,
+        "id": "1000000000001",
+        "source": "mock",
+        "symbol": "BTCUSD",
+        "price": "43000.00",
+        "ts": "2026-11-23T10:00:00.000000Z",
+        "seq": 5,
     }
     assert format_ts(time) == "2026-11-23T10:00:00.000000Z"
 

@@ -142,9 +142,25 @@ def demo_children(settings: Settings, db_url: str, interval: float) -> list[Chil
         children.append(
             Child(
                 name,
-                [python, "-m", "tickhub", "source", "mock", "--name", name, "--symbols", symbol,
-                 "--start", f"{symbol}={start}", "--port", str(source_port), "--host", host,
-                 "--interval", str(interval)],
+                [
+                    python,
+                    "-m",
+                    "tickhub",
+                    "source",
+                    "mock",
+                    "--name",
+                    name,
+                    "--symbols",
+                    symbol,
+                    "--start",
+                    f"{symbol}={start}",
+                    "--port",
+                    str(source_port),
+                    "--host",
+                    host,
+                    "--interval",
+                    str(interval),
+                ],
                 ready_url=f"http://{host}:{source_port}/",
             )
         )
@@ -153,8 +169,12 @@ def demo_children(settings: Settings, db_url: str, interval: float) -> list[Chil
         Child(
             "hub",
             [python, "-m", "tickhub", "hub"],
-            env={"TICKHUB_DATABASE_URL": db_url, "TICKHUB_SOURCES": ",".join(urls),
-                 "TICKHUB_HOST": host, "TICKHUB_PORT": str(port)},
+            env={
+                "TICKHUB_DATABASE_URL": db_url,
+                "TICKHUB_SOURCES": ",".join(urls),
+                "TICKHUB_HOST": host,
+                "TICKHUB_PORT": str(port),
+            },
             ready_url=f"http://{host}:{port}/ping",
         )
     )
@@ -194,8 +214,7 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
                 task.cancel()
             if exited in done and not exited.cancelled():
                 child = exited.result()
-                print(f"demo: {child.name} exited unexpectedly (code {child.process.returncode}); stopping",
-                      flush=True)
+                print(f"demo: {child.name} exited unexpectedly (code {child.process.returncode}); stopping", flush=True)
                 code = 1
     except RuntimeError as exc:
         print(f"demo: {exc}", flush=True)

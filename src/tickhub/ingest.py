@@ -19,7 +19,7 @@ import aiohttp
 
 from .backoff import Backoff
 from .sequencer import Sequencer
-from .wire import SSEParser, SSEProtocolError, TickRejected, parse_source_tick
+from .wire import SSEParser, TickRejected, parse_source_tick
 
 log = logging.getLogger("tickhub.ingest")
 
@@ -131,11 +131,12 @@ class SourceClient:
             parser = SSEParser(max_line=self.max_line)
             async for chunk in resp.content.iter_any():
                 stats.last_event_at = time.time()
-                try:
-                    for event in parser.feed(chunk):
-                        self._on_event(event.event, event.data, event.id)
-                except SSEProtocolError as exc:
-                    self._reject(exc.reason, str(exc))
+                oversized = parser.oversized
+                for event in parser.feed(chunk):
+                    self._on_event(event.event, event.data, event.id)
+                if parser.oversized != oversized:
+                    for _ in range(parser.oversized - oversized):
+                        self._reject("oversized", f"an SSE line or event above {self.max_line} bytes")
 
     def _on_event(self, event: str, data: str, event_id: str | None) -> None:
         stats = self.stats
@@ -160,8 +161,13 @@ class SourceClient:
     def _reject(self, reason: str, detail: str) -> None:
         self.stats.rejects[reason] += 1
         if self.stats.rejects[reason] in (1, 10, 100, 1000) or self.stats.rejects[reason] % 10000 == 0:
-            log.warning("source %s: rejected event (%s, %d so far): %s",
-                        self.name, reason, self.stats.rejects[reason], detail[:200])
+            log.warning(
+                "source %s: rejected event (%s, %d so far): %s",
+                self.name,
+                reason,
+                self.stats.rejects[reason],
+                detail[:200],
+            )
 
 
 class Ingest:

@@ -42,9 +42,7 @@ ON CONFLICT (symbol, source) DO UPDATE
     WHERE latest_ticks.id < EXCLUDED.id
 """
 SQL_STAGE = "CREATE TEMP TABLE ticks_staging (LIKE ticks) ON COMMIT DROP"
-SQL_MERGE_STAGED = (
-    "INSERT INTO ticks SELECT * FROM ticks_staging ORDER BY id ON CONFLICT DO NOTHING"
-)
+SQL_MERGE_STAGED = "INSERT INTO ticks SELECT * FROM ticks_staging ORDER BY id ON CONFLICT DO NOTHING"
 SQL_AFTER = _SELECT_TICK + " WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
 SQL_AFTER_SYMBOLS = _SELECT_TICK + " WHERE id > $1 AND id < $2 AND symbol = ANY($3::text[]) ORDER BY id LIMIT $4"
 SQL_COUNT_AFTER = "SELECT count(*) FROM (SELECT 1 FROM ticks WHERE id > $1 AND id < $2 LIMIT $3) AS t"
@@ -108,7 +106,9 @@ class Store:
             conn = await asyncpg.connect(url, timeout=timeout)
             try:
                 # An identifier cannot be a bind parameter; Settings restricts it to [a-z0-9_].
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                # IF NOT EXISTS still races between concurrent starts, so the loser's error is ignored.
+                with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             finally:
                 await conn.close()
             return await asyncpg.create_pool(
@@ -194,9 +194,7 @@ class Store:
                         await conn.execute(SQL_MERGE_STAGED)
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
 
-    async def ticks_after(
-        self, after_id: int, before_id: int, symbols: Sequence[str] | None, limit: int
-    ) -> list[Tick]:
+    async def ticks_after(self, after_id: int, before_id: int, symbols: Sequence[str] | None, limit: int) -> list[Tick]:
         """Persisted ticks with after_id < id < before_id, in id order, at most ``limit``."""
         with unavailable_as_error():
             if symbols is None:
@@ -212,9 +210,7 @@ class Store:
                 return await self.pool.fetchval(SQL_COUNT_AFTER, after_id, before_id, cap)
             return await self.pool.fetchval(SQL_COUNT_AFTER_SYMBOLS, after_id, before_id, list(symbols), cap)
 
-    async def history(
-        self, symbol: str, since: datetime | None, until: datetime | None, limit: int
-    ) -> list[Tick]:
+    async def history(self, symbol: str, since: datetime | None, until: datetime | None, limit: int) -> list[Tick]:
         """Ticks of one symbol in [since, until), oldest first: the first ``limit`` after ``since``
         when it is given, else the newest ``limit`` before ``until``."""
         query = SQL_HISTORY_FORWARD if since is not None else SQL_HISTORY_NEWEST

@@ -73,10 +73,10 @@ class TickStreamResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
 
-        def write(data: bytes):  # noqa: ANN202 - returns the server's send coroutine, driven by the fan-out
+        def write(data: bytes):
             return send({"type": "http.response.body", "body": data, "more_body": True})
 
-        def finish():  # noqa: ANN202
+        def finish():
             return send({"type": "http.response.body", "body": b"", "more_body": False})
 
         sub = Subscriber(write, finish, self.symbols)
@@ -180,8 +180,9 @@ async def _until_disconnect(receive: Receive) -> None:
 async def stream_endpoint(request: Request) -> TickStreamResponse:
     hub: Hub = request.app.state.hub
     if hub.draining:
-        raise ApiError(503, "draining", "the hub is shutting down; reconnect to another replica or retry",
-                       {"Retry-After": "1"})
+        raise ApiError(
+            503, "draining", "the hub is shutting down; reconnect to another replica or retry", {"Retry-After": "1"}
+        )
     symbols = parse_symbols(request.query_params.get("symbols"), hub.settings.max_symbols)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
     return TickStreamResponse(hub, symbols, last_event_id)

@@ -169,23 +169,29 @@ class SSEEvent(NamedTuple):
     id: str | None
 
 
-class SSEProtocolError(ValueError):
-    """The byte stream broke the SSE framing rules we enforce (an oversized line or event)."""
-
-    reason = "oversized"
-
-
 class SSEParser:
     """Incremental parser for ``text/event-stream`` bytes (WHATWG rules) with size limits.
 
     Feed it chunks as they arrive; it yields complete events. Comment lines count as
-    heartbeats (``comments``). A line longer than ``max_line`` or an event whose data grows
-    beyond ``max_event`` raises :class:`SSEProtocolError` after discarding that event, so the
-    caller can count it and carry on with the next one.
+    heartbeats (``comments``). A line longer than ``max_line``, or an event whose data grows
+    beyond ``max_event``, discards that event, counts it in ``oversized`` and parsing goes on
+    with the next one, so one bad event never costs the good ones around it.
     """
 
     __slots__ = (
-        "_buf", "_cr", "_data", "_event", "_id", "_size", "comments", "last_id", "max_event", "max_line", "retry",
+        "_buf",
+        "_cr",
+        "_data",
+        "_event",
+        "_id",
+        "_size",
+        "_skip",
+        "comments",
+        "last_id",
+        "max_event",
+        "max_line",
+        "oversized",
+        "retry",
     )
 
     def __init__(self, max_line: int = 65536, max_event: int = 262144) -> None:
@@ -199,7 +205,9 @@ class SSEParser:
         self._id: bytes | None = None
         #: The last ``retry:`` value the server sent, in milliseconds.
         self.retry: int | None = None
+        self._skip = False  # inside an oversized event: drop lines until its blank line
         self.comments = 0
+        self.oversized = 0
         self.last_id: str | None = None
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
@@ -211,40 +219,49 @@ class SSEParser:
         buf = self._buf + chunk if self._buf else chunk
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        oversized = len(self._buf) > self.max_line
-        if oversized:
-            self._buf = b""
         for line in lines:
             if not line:
+                if self._skip:
+                    self._skip = False
+                    self._reset()
+                    continue
                 event = self._dispatch()
                 if event is not None:
                     yield event
+            elif self._skip:
                 continue
-            if len(line) > self.max_line:
-                self._reset()
-                raise SSEProtocolError(f"line of {len(line)} bytes exceeds {self.max_line}")
-            if line[0] == 58:  # ':' comment, used as heartbeat
+            elif len(line) > self.max_line:
+                self._discard_event()
+            elif line[0] == 58:  # ':' comment, used as heartbeat
                 self.comments += 1
-                continue
-            name, sep, value = line.partition(b":")
-            if sep and value[:1] == b" ":
-                value = value[1:]
-            if name == b"data":
-                self._data.append(value)
-                self._size += len(value) + 1
-                if self._size > self.max_event:
-                    self._reset()
-                    raise SSEProtocolError(f"event data exceeds {self.max_event} bytes")
-            elif name == b"event":
-                self._event = value
-            elif name == b"id":
-                if b"\0" not in value:
-                    self._id = value
-            elif name == b"retry" and value.isdigit():
-                self.retry = int(value)
-        if oversized:
-            self._reset()
-            raise SSEProtocolError(f"line exceeds {self.max_line} bytes")
+            else:
+                self._field(line)
+        if len(self._buf) > self.max_line:
+            self._buf = b""
+            if not self._skip:
+                self._discard_event()
+
+    def _field(self, line: bytes) -> None:
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self.max_event:
+                self._discard_event()
+        elif name == b"event":
+            self._event = value
+        elif name == b"id":
+            if b"\0" not in value:
+                self._id = value
+        elif name == b"retry" and value.isdigit():
+            self.retry = int(value)
+
+    def _discard_event(self) -> None:
+        self.oversized += 1
+        self._skip = True
+        self._reset()
 
     def _reset(self) -> None:
         self._data = []

@@ -1,0 +1,62 @@
+"""Settings: defaults, .env, one-line errors naming the setting, and the template and README in step."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tickhub.config import SETTINGS, Settings, SettingsError, env_template
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_table() -> None:
+    settings = Settings.from_env(environ={}, env_file=None)
+    assert settings == Settings()
+    assert {f.name: f.default for f in dataclasses.fields(Settings)} == {s.field: s.default for s in SETTINGS}
+
+
+def test_environment_and_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("TICKHUB_PORT=9000\nTICKHUB_HEARTBEAT=2.5\n")
+    settings = Settings.from_env(
+        environ={"TICKHUB_SOURCES": "a=http://127.0.0.1:1/stream, b=https://x.example/s", "TICKHUB_PORT": "9100"},
+        env_file=env_file,
+    )
+    assert settings.port == 9100, "the environment wins over .env"
+    assert settings.heartbeat == 2.5
+    assert settings.sources == (("a", "http://127.0.0.1:1/stream"), ("b", "https://x.example/s"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TICKHUB_PORT", "eighty"),
+        ("TICKHUB_PORT", "70000"),
+        ("TICKHUB_HEARTBEAT", "0"),
+        ("TICKHUB_RING_SIZE", "-1"),
+        ("TICKHUB_SOURCES", "nourl"),
+        ("TICKHUB_SOURCES", "a=ftp://x"),
+        ("TICKHUB_SOURCES", "a=http://x,a=http://y"),
+        ("TICKHUB_SOURCES", "Bad Name=http://x"),
+        ("TICKHUB_DATABASE_SCHEMA", "public; drop"),
+        ("TICKHUB_LOG_LEVEL", "loud"),
+    ],
+)
+def test_a_bad_value_fails_with_one_line_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(environ={name: value}, env_file=None)
+    message = str(info.value)
+    assert message.startswith(name) and "\n" not in message
+
+
+def test_env_template_lists_every_setting_with_its_default() -> None:
+    assert (ROOT / ".env_template").read_text() == env_template()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README lacks {missing}"

@@ -1,0 +1,86 @@
+"""The mock source: its random walk, and its SSE feed with Last-Event-ID over a real socket."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import aiohttp
+import orjson
+from helpers import free_port, port_open, running_mock, spawn_mock_source, stop_process, wait_for
+
+from sources.mock import RandomWalk, parse_start
+from tickhub.wire import PRICE_RE, SSEParser
+
+
+def test_random_walk_rules() -> None:
+    walk = RandomWalk("3.00", random.Random(1))
+    prices, flips, previous_direction = [], 0, walk.direction
+    for _ in range(20_000):
+        before = walk.cents
+        price = walk.step()
+        prices.append(price)
+        assert PRICE_RE.match(price) and price.split(".")[1].__len__() == 2
+        assert walk.cents > 0, "never at or below zero"
+        assert abs(walk.cents - before) % 100 == 0 and abs(walk.cents - before) <= 1000
+        flips += walk.direction != previous_direction
+        previous_direction = walk.direction
+    assert 0.12 < flips / 20_000 < 0.22, "direction flips about 15% of the time (plus bounces off zero)"
+    assert len(set(prices)) > 20
+
+
+def test_start_prices_default_and_override() -> None:
+    assert parse_start("META=500.5", ["BTCUSD", "META", "NEW"]) == {
+        "BTCUSD": "43000.00",
+        "META": "500.5",
+        "NEW": "100.00",
+    }
+
+
+async def read_events(url: str, n: int, last_event_id: str | None = None) -> list[dict]:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    parser, out = SSEParser(), []
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for chunk in response.content.iter_any():
+            for event in parser.feed(chunk):
+                assert event.event == "tick"
+                data = orjson.loads(event.data)
+                assert str(data["seq"]) == event.id
+                out.append(data)
+            if len(out) >= n:
+                return out[:n]
+    raise AssertionError("stream ended early")
+
+
+async def test_feed_resumes_after_last_event_id() -> None:
+    started_us = time.time_ns() // 1000
+    async with running_mock(("BTCUSD", "META"), interval=0.002) as source:
+        first = await read_events(source.url, 20)
+        assert first[0]["seq"] >= started_us, "seq starts at the current time in microseconds"
+        seqs = [e["seq"] for e in first]
+        assert seqs == list(range(seqs[0], seqs[0] + 20))
+        await wait_for(lambda: source.feed.next_seq > seqs[-1] + 30, what="more events")
+        resumed = await read_events(source.url, 30, str(seqs[-1]))
+        assert [e["seq"] for e in resumed] == list(range(seqs[-1] + 1, seqs[-1] + 31))
+
+
+async def test_feed_replays_what_it_still_holds_for_an_old_id() -> None:
+    async with running_mock(("BTCUSD",), interval=0.001, ring_size=50) as source:
+        await wait_for(lambda: source.feed.next_seq - source.feed.first_seq > 120, what="the ring to wrap")
+        oldest = source.feed.oldest_seq
+        events = await read_events(source.url, 10, str(source.feed.first_seq))
+        assert events[0]["seq"] >= oldest
+
+
+async def test_fast_mode_process_emits_exactly_the_limit_in_order() -> None:
+    port = free_port()
+    proc = spawn_mock_source(port, symbols="BTCUSD,META,TCSG", interval=0, extra=("--limit", "5000"))
+    try:
+        await wait_for(lambda: port_open(port), 20, "the source process")
+        events = await read_events(f"http://127.0.0.1:{port}/stream", 5000, last_event_id="0")
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(seqs[0], seqs[0] + 5000))
+        assert {e["symbol"] for e in events} == {"BTCUSD", "META", "TCSG"}
+    finally:
+        assert stop_process(proc) == 0
