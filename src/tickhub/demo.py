@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from . import aio
+from .backoff import Backoff
 from .config import Settings
 from .embedded import database_url
+from .wire import SSEParser
 
 READY_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+TICKER_EVERY = 5.0
 
 DEMO_SOURCES = (
     ("mock-btc", "BTCUSD", "43000.00"),
@@ -181,6 +184,43 @@ def demo_children(settings: Settings, db_url: str, interval: float) -> list[Chil
     return children
 
 
+async def market_ticker(base_url: str, every: float = TICKER_EVERY) -> None:
+    """Print one line of latest prices every few seconds, read from the hub's own /stream."""
+    import orjson
+
+    prices: dict[str, str] = {}
+    shown: dict[str, str] = {}
+    backoff = Backoff(0.5, 5.0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+    loop = asyncio.get_running_loop()
+    next_print = loop.time() + every
+    while True:
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"{base_url}/stream") as resp:
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for event in parser.feed(chunk):
+                        ticks = orjson.loads(event.data)["ticks"] if event.event == "snapshot" else None
+                        for tick in ticks or ([orjson.loads(event.data)] if event.event == "tick" else []):
+                            prices[tick["symbol"]] = tick["price"]
+                    backoff.reset()
+                    if loop.time() >= next_print and prices:
+                        next_print = loop.time() + every
+                        print("market    | " + _ticker_line(prices, shown), flush=True)
+                        shown = dict(prices)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            await asyncio.sleep(backoff.next_delay())
+
+
+def _ticker_line(prices: dict[str, str], before: dict[str, str]) -> str:
+    parts = []
+    for symbol in sorted(prices):
+        now, was = prices[symbol], before.get(symbol)
+        arrow = " " if was is None or float(now) == float(was) else ("▲" if float(now) > float(was) else "▼")
+        parts.append(f"{symbol} {now} {arrow}")
+    return "   ".join(parts)
+
+
 def banner(settings: Settings) -> str:
     base = f"http://{settings.host}:{settings.port}"
     return (
@@ -199,6 +239,7 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     supervisor = Supervisor()
+    ticker: asyncio.Task[None] | None = None
     code = 0
     try:
         for child in demo_children(settings, db_url, interval):
@@ -207,6 +248,7 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
             await supervisor.start(child)
         if not stop.is_set():
             print(banner(settings), flush=True)
+            ticker = asyncio.create_task(market_ticker(f"http://{settings.host}:{settings.port}"))
             stopper = asyncio.create_task(stop.wait())
             exited = asyncio.create_task(supervisor.wait_any_exit())
             done, _ = await asyncio.wait({stopper, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -221,6 +263,9 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
         code = 1
     finally:
         print("demo: stopping", flush=True)
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
         await supervisor.stop()
     print("demo: stopped", flush=True)
     return code
