@@ -87,6 +87,11 @@ def test_timestamp_with_offset_is_converted_to_utc() -> None:
     assert parse_source_tick(good(ts="2026-11-23T13:00:00+03:00")).ts == "2026-11-23T10:00:00.000000Z"
 
 
+def test_venue_qualified_symbols_are_valid() -> None:
+    assert parse_source_tick(good(symbol="BINANCE:BTCUSDT")).symbol == "BINANCE:BTCUSDT"
+    assert parse_source_tick(good(symbol="KRAKEN:BTC-USD")).symbol == "KRAKEN:BTC-USD"
+
+
 def test_seq_falls_back_to_the_sse_id() -> None:
     data = orjson.dumps({"symbol": "META", "price": "1", "ts": "2026-11-23T10:00:00Z"})
     assert parse_source_tick(data, "77").seq == 77
@@ -108,7 +113,8 @@ def test_seq_falls_back_to_the_sse_id() -> None:
         (good(price=""), "bad_price"),
         (good(symbol="btcusd"), "bad_symbol"),
         (good(symbol="BTC/USD"), "bad_symbol"),
-        (good(symbol="X" * 40), "bad_symbol"),
+        (good(symbol="X" * 41), "bad_symbol"),
+        (good(symbol=":BTC"), "bad_symbol"),
         (good(symbol="BTC'; DROP TABLE ticks;--"), "bad_symbol"),
         (good(ts="yesterday"), "bad_ts"),
         (good(ts="2026-11-23T10:00:00"), "bad_ts"),

@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-#: Upper-case symbols such as ``BTCUSD``, ``BTC-USD``, ``ES.F``; no ``/`` so a symbol is one URL path segment.
-SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
+#: Upper-case symbols: ``BTCUSD``, ``BTC-USD``, venue-qualified ``BINANCE:BTCUSDT``. No ``/``, so a
+#: symbol is always one URL path segment (bridges write Kraken's ``BTC/USD`` as ``KRAKEN:BTC-USD``).
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:-]{0,39}$")
 #: A plain positive decimal: no sign, no exponent, no NaN or infinity.
 PRICE_RE = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?$")
 #: Source names as given in ``TICKHUB_SOURCES``.
