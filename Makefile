@@ -24,8 +24,9 @@ lint: install
 	$(BIN)/ruff check src sources bots tests benchmarks
 	$(BIN)/ruff format --check src sources bots tests benchmarks
 
-template: install
+template: install  # regenerate .env_template and the README's settings table from src/tickhub/config.py
 	$(BIN)/tickhub settings > .env_template
+	$(BIN)/tickhub settings --readme README.md
 
 clean:
 	rm -rf $(VENV) .tickhub .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from . import aio
 from .config import SETTINGS, Settings, SettingsError, env_template
@@ -53,12 +54,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, args)
 
 
+def settings_table() -> str:
+    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "" if s.default in (None, ()) else s.default
+        rows.append(f"| `{s.name}` | `{default}` | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
-    if args.markdown:
-        print("| setting | default | what it does |\n|---|---|---|")
-        for s in SETTINGS:
-            default = "" if s.default in (None, ()) else s.default
-            print(f"| `{s.name}` | `{default}` | {s.help} |")
+    if args.readme:
+        path = Path(args.readme)
+        text = path.read_text()
+        start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        path.write_text(head + start + settings_table() + end + tail)
+    elif args.markdown:
+        sys.stdout.write(settings_table())
     else:
         sys.stdout.write(env_template())
     return 0
@@ -87,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     settings = commands.add_parser("settings", help="print .env_template (or a Markdown table)")
-    settings.add_argument("--markdown", action="store_true")
+    settings.add_argument("--markdown", action="store_true", help="print the settings as a Markdown table")
+    settings.add_argument("--readme", metavar="PATH", help="rewrite the settings table of this README")
     settings.set_defaults(func=cmd_settings)
     return top
 

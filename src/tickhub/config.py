@@ -81,6 +81,12 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _lock_mode(raw: str) -> str:
+    if raw not in {"local", "postgres"}:
+        raise ValueError(f"must be local or postgres, got {raw!r}")
+    return raw
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -157,6 +163,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db_pool_size", _positive(int), 10, "PostgreSQL connections in the pool."),
     Setting("db_timeout", _positive(float), 10.0, "Seconds a PostgreSQL command may take."),
     Setting("shutdown_timeout", _positive(float), 5.0, "Seconds a stopping hub waits for streams and the writer."),
+    Setting("max_body", _positive(int), 65536, "Largest request body accepted, in bytes."),
+    Setting("test_delay", _non_negative(float), 3.0, "Seconds GET /test holds its lock."),
+    Setting(
+        "test_lock",
+        _lock_mode,
+        "local",
+        "What serializes GET /test: local (one asyncio.Lock per process) or postgres (all replicas).",
+    ),
+    Setting("test_wait_max", _positive(float), 300.0, "Longest a GET /test call waits for its turn (then 503)."),
+    Setting("task_timeout_max", _non_negative(float), 3600.0, "Largest timeout a task may ask for, in seconds."),
+    Setting("task_queue_max", _positive(int), 1000, "Most open (pending or running) tasks; more are refused with 503."),
 )
 
 
@@ -191,6 +208,12 @@ class Settings:
     db_pool_size: int = 10
     db_timeout: float = 10.0
     shutdown_timeout: float = 5.0
+    max_body: int = 65536
+    test_delay: float = 3.0
+    test_lock: str = "local"
+    test_wait_max: float = 300.0
+    task_timeout_max: float = 3600.0
+    task_queue_max: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:

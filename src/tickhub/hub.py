@@ -15,11 +15,13 @@ from typing import Any
 
 from .config import Settings
 from .fanout import Fanout
+from .gate import SerialGate
 from .ingest import Ingest
 from .market import Market
 from .ring import TickRing
 from .sequencer import Sequencer
 from .store import Store
+from .tasks import TaskQueue
 from .wire import Tick, tick_frame
 from .writer import CopyWriter
 
@@ -41,6 +43,8 @@ class Hub:
         self.fanout: Fanout
         self.sequencer: Sequencer
         self.ingest: Ingest
+        self.gate: SerialGate
+        self.tasks: TaskQueue
 
     async def start(self) -> None:
         s = self.settings
@@ -75,9 +79,12 @@ class Hub:
             reconnect_max=s.reconnect_max,
             max_line=s.source_max_line,
         )
+        self.gate = SerialGate(s.test_lock, self.store)
+        self.tasks = TaskQueue(self.store, s.task_queue_max, retry_max=s.reconnect_max)
         self.writer.start()
         self.fanout.start()
         self.ingest.start()
+        self.tasks.start()
         log.info("hub run %d started with %d sources", run, len(s.sources))
 
     def _on_tick(self, tick: Tick) -> None:
@@ -97,6 +104,7 @@ class Hub:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="tickhub-drain")
 
     async def _drain(self) -> None:
+        await self.tasks.stop()
         await self.ingest.stop()
         await self.fanout.close(timeout=self.settings.shutdown_timeout / 2)
 
@@ -131,6 +139,8 @@ class Hub:
                 "last_batch_ms": round(writer.last_batch_seconds * 1000, 3),
                 "persisted_id": str(writer.persisted_id) if writer.persisted_id else None,
             },
+            "tasks": {"worker": self.tasks.state, "running": self.tasks.running, "completed": self.tasks.completed},
+            "test_lock": {"mode": self.gate.mode, "waiting": self.gate.waiting, "turns": self.gate.turns},
             "stream": {
                 "subscribers": self.fanout.count,
                 "blocked": self.fanout.busy_count,

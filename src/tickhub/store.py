@@ -93,9 +93,11 @@ def migrations() -> list[tuple[str, str]]:
 class Store:
     """The hub's PostgreSQL: one asyncpg pool, created inside the running loop by :meth:`open`."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, url: str = "", timeout: float = 10.0) -> None:
         self.pool = pool
         self.schema = schema
+        self.url = url
+        self.timeout = timeout
 
     @classmethod
     async def open(cls, url: str, schema: str = "public", pool_size: int = 10, timeout: float = 10.0) -> Store:
@@ -120,7 +122,7 @@ class Store:
                 server_settings={"search_path": schema, "application_name": "tickhub"},
             )
 
-        store = cls(await connect(), schema)
+        store = cls(await connect(), schema, url, timeout)
         try:
             await store.migrate()
         except BaseException:
@@ -131,6 +133,15 @@ class Store:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.pool.close()
+
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of its own, outside the pool: for long-held session locks and LISTEN."""
+        with unavailable_as_error():
+            return await asyncpg.connect(
+                self.url,
+                timeout=self.timeout,
+                server_settings={"search_path": self.schema, "application_name": "tickhub"},
+            )
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations under an advisory lock, so replicas starting together agree."""

@@ -1,0 +1,66 @@
+"""Request helpers shared by the routes: bounded JSON bodies and work that stops when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import orjson
+from starlette.requests import Request
+
+from .errors import ApiError
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the work finished; the work was cancelled."""
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 past ``max_bytes``, 400 if it is not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "too_large", f"request body above {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, "too_large", f"request body above {max_bytes} bytes")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return value
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it and raise ClientGone.
+
+    Starlette does not cancel a handler whose client went away, so a waiter for a lock would
+    otherwise keep its place in the queue for nobody.
+    """
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work_task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work_task.done():
+            work_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if work_task.cancelled() or not work_task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await work_task
+        raise ClientGone
+    return work_task.result()

@@ -1,0 +1,116 @@
+"""The serialized-work endpoints: GET /test (one at a time) and the sequential task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import ApiError
+from .http import ClientGone, read_json, unless_disconnected
+from .responses import JSONResponse
+from .routes_common import hub_of, parse_limit
+from .tasks import QueueFull
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+INT64 = 1 << 63
+
+
+async def serial_test(request: Request) -> Response:
+    """Wait for the lock, hold it ``TICKHUB_TEST_DELAY`` s; answer the seconds since arrival."""
+    loop = asyncio.get_running_loop()
+    arrived = loop.time()
+    hub = hub_of(request)
+    settings = hub.settings
+
+    async def take_turn() -> float:
+        async with hub.gate.hold(settings.test_wait_max):
+            await asyncio.sleep(settings.test_delay)
+        return loop.time() - arrived
+
+    try:
+        elapsed = await unless_disconnected(request, take_turn())
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+    except TimeoutError:
+        raise ApiError(503, "busy", f"no turn within {settings.test_wait_max:g}s", {"Retry-After": "5"}) from None
+    return JSONResponse({"elapsed": round(elapsed, 6)})
+
+
+def _task_fields(body: dict[str, Any], timeout_max: float) -> tuple[int, float]:
+    unknown = sorted(set(body) - {"num", "timeout"})
+    if unknown:
+        raise ApiError(400, "bad_field", f"unknown field {unknown[0][:40]!r}")
+    if "num" not in body or "timeout" not in body:
+        raise ApiError(400, "missing_field", "num and timeout are required")
+    num, timeout = body["num"], body["timeout"]
+    if type(num) is not int or not -INT64 <= num < INT64:
+        raise ApiError(400, "bad_field", "num must be a 64-bit integer")
+    if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout < 0:
+        raise ApiError(400, "bad_field", "timeout must be a number >= 0")
+    if timeout > timeout_max:
+        raise ApiError(400, "bad_field", f"timeout must be at most {timeout_max:g} seconds")
+    return num, float(timeout)
+
+
+async def submit_task(request: Request) -> Response:
+    hub: Hub = hub_of(request)
+    num, timeout = _task_fields(await read_json(request, hub.settings.max_body), hub.settings.task_timeout_max)
+    try:
+        task = await hub.tasks.submit(num, timeout)
+    except QueueFull:
+        raise ApiError(
+            503,
+            "queue_full",
+            f"the queue holds {hub.settings.task_queue_max} open tasks; retry later",
+            {"Retry-After": "5"},
+        ) from None
+    return JSONResponse(task.as_dict(), status_code=201, headers={"Location": f"/tasks/{task.id}"})
+
+
+async def task_queue(request: Request) -> Response:
+    return JSONResponse({"tasks": [t.as_dict() for t in await hub_of(request).tasks.queue()]})
+
+
+async def task_results(request: Request) -> Response:
+    hub = hub_of(request)
+    limit = parse_limit(request.query_params.get("limit"), 1000, hub.settings.history_limit)
+    raw_offset = request.query_params.get("offset") or "0"
+    if not raw_offset.isdigit():
+        raise ApiError(400, "bad_parameter", "offset must be a non-negative integer")
+    tasks = await hub.tasks.results(limit, int(raw_offset))
+    return JSONResponse(
+        {
+            "results": [
+                {
+                    "id": t.id,
+                    "num": t.num,
+                    **{k: v for k, v in t.as_dict().items() if k in ("started_at", "finished_at", "timeout")},
+                }
+                for t in tasks
+            ]
+        }
+    )
+
+
+async def task_detail(request: Request) -> Response:
+    task_id = request.path_params["task_id"]
+    task = await hub_of(request).tasks.get(task_id) if task_id < INT64 else None
+    if task is None:
+        raise ApiError(404, "unknown_task", f"no task {task_id}")
+    return JSONResponse(task.as_dict())
+
+
+ROUTES = [
+    Route("/test", serial_test),
+    Route("/tasks", submit_task, methods=["POST"]),
+    Route("/tasks/queue", task_queue),
+    Route("/tasks/results", task_results),
+    Route("/tasks/{task_id:int}", task_detail),
+]
