@@ -1,5 +1,6 @@
-"""`tickhub demo` (what `make start` runs): embedded PostgreSQL, three mock sources and the hub;
-ticks of all three symbols on /stream; Ctrl-C stops every process and exits 0."""
+"""`tickhub demo` (what `make start` runs): embedded PostgreSQL, three mock sources, the hub and two
+bots; ticks of all three symbols on /stream, both bots' trades in the output; Ctrl-C stops every
+process and exits 0."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import psutil
-from helpers import subscribe
+from helpers import subscribe, wait_for
 
 SYMBOLS = {"BTCUSD", "TCSG", "META"}
 
@@ -79,7 +80,7 @@ async def test_demo_streams_all_symbols_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         async with asyncio.timeout(90):
             await up.wait()
         descendants = psutil.Process(demo.pid).children(recursive=True)
-        assert len(descendants) >= 4, "three sources and the hub"
+        assert len(descendants) >= 6, "three sources, the hub and two bots"
         postmaster = int((tmp_path / "data" / "pgdata" / "postmaster.pid").read_text().split()[0])
         assert psutil.pid_exists(postmaster)
 
@@ -92,6 +93,11 @@ async def test_demo_streams_all_symbols_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
                         seen.add(orjson.loads(event.data)["symbol"])
         assert seen == SYMBOLS
 
+        def traded(bot: str) -> bool:
+            return any(line.startswith(bot) and " filled #" in line for line in output)
+
+        await wait_for(lambda: traded("investor") and traded("hamster"), 60, "both bots to trade")
+
         demo.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         async with asyncio.timeout(30):
             code = await demo.wait()
@@ -102,6 +108,7 @@ async def test_demo_streams_all_symbols_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         assert not alive(postmaster), "the embedded PostgreSQL was stopped"
         text = "".join(output)
         assert "demo: stopped" in text and "Traceback" not in text
+        assert "investor: final P&L" in text and "hamster: final P&L" in text
     finally:
         if demo.returncode is None:
             demo.kill()

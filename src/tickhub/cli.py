@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from . import aio
@@ -44,6 +46,72 @@ def cmd_source(args: argparse.Namespace) -> int:
         print(f"tickhub source {args.kind}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    from bots import runner
+
+    _logging(args.log_level)
+    try:
+        return runner.main(args)
+    except ValueError as exc:
+        print(f"tickhub bot: {exc}", file=sys.stderr)
+        return 2
+
+
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Accounts and API keys. The key is printed once, alone on stdout, so scripts can capture it."""
+    from .accounts import AccountExists, Accounts, UnknownAccount
+    from .embedded import database_url
+    from .store import Store
+
+    settings = Settings.from_env()
+    _logging("warning")
+    if getattr(args, "name", None) is not None and not ACCOUNT_NAME.match(args.name):
+        print(f"tickhub keys: account names are 1-64 of A-Z a-z 0-9 _ . -, got {args.name!r}", file=sys.stderr)
+        return 2
+
+    async def run(url: str) -> int:
+        store = await Store.open(url, settings.database_schema, 2, settings.db_timeout)
+        accounts = Accounts(store)
+        try:
+            if args.action == "create":
+                cash = Decimal(args.cash)
+                if not cash.is_finite() or cash < 0:
+                    raise InvalidOperation
+                print(await accounts.create(args.name, cash))
+                print(
+                    f"account {args.name!r} created with cash {args.cash}; the key above is shown once", file=sys.stderr
+                )
+            elif args.action == "add":
+                print(await accounts.issue_key(args.name, revoke_others=args.revoke_others))
+            elif args.action == "revoke":
+                if not await accounts.revoke(args.key_id):
+                    print(f"tickhub keys: no active key {args.key_id!r}", file=sys.stderr)
+                    return 1
+            else:
+                for row in await accounts.list():
+                    print(f"{row['id']:>4}  {row['name']:<20} cash {row['cash']:>14}  keys {row['keys']}")
+        except AccountExists:
+            print(
+                f"tickhub keys: account {args.name!r} exists (add a key with: tickhub keys add NAME)", file=sys.stderr
+            )
+            return 1
+        except UnknownAccount:
+            print(f"tickhub keys: no account {args.name!r}", file=sys.stderr)
+            return 1
+        except InvalidOperation:
+            print(f"tickhub keys: --cash must be a number >= 0, got {args.cash!r}", file=sys.stderr)
+            return 2
+        finally:
+            await store.close()
+        return 0
+
+    with database_url(settings.database_url, settings.data_dir) as url:
+        return aio.run(run(url))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -95,8 +163,29 @@ def parser() -> argparse.ArgumentParser:
     mock_parser.add_argument("--log-level", default="info")
     mock_parser.set_defaults(func=cmd_source, main=mock.main)
 
+    bot = commands.add_parser("bot", help="run a trading bot (API key from TICKHUB_API_KEY)")
+    from bots import runner
+
+    runner.add_arguments(bot)
+    bot.add_argument("--log-level", default="info")
+    bot.set_defaults(func=cmd_bot)
+
+    keys = commands.add_parser("keys", help="accounts and their API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create an account and print its API key (once)")
+    create.add_argument("name")
+    create.add_argument("--cash", default="10000", help="starting cash (default 10000)")
+    add = actions.add_parser("add", help="print a new API key for an existing account")
+    add.add_argument("name")
+    add.add_argument("--revoke-others", action="store_true", help="revoke the account's other keys")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id (the part after th_)")
+    revoke.add_argument("key_id")
+    actions.add_parser("list", help="accounts, their cash and number of active keys")
+    keys.set_defaults(func=cmd_keys)
+
     demo = commands.add_parser("demo", help="the local demo market: embedded database, sources, hub")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between mock ticks (default 1)")
+    demo.add_argument("--no-bots", action="store_true", help="run without the investor and hamster bots")
     demo.set_defaults(func=cmd_demo)
 
     settings = commands.add_parser("settings", help="print .env_template (or a Markdown table)")

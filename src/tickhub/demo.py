@@ -1,10 +1,11 @@
 """``tickhub demo``: a whole local market under one supervisor.
 
 Start order: embedded PostgreSQL (unless TICKHUB_DATABASE_URL is set) → three mock sources → the
-hub (→ bots, when configured). Each child runs in its own session, so a terminal's Ctrl-C reaches
-only the supervisor, which then stops the children in reverse order: SIGTERM, a grace period, and
-SIGKILL through the process handle if one still lingers. Children also get SIGTERM if the
-supervisor itself dies (PR_SET_PDEATHSIG), so nothing is left behind either way.
+hub → two bots, "investor" and "hamster", each with a fresh API key. Each child runs in its own
+session, so a terminal's Ctrl-C reaches only the supervisor, which then stops the children in
+reverse order: SIGTERM, a grace period, and SIGKILL through the process handle if one still
+lingers. Children also get SIGTERM if the supervisor itself dies (PR_SET_PDEATHSIG), so nothing
+is left behind either way.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import aiohttp
 
@@ -30,6 +32,9 @@ from .wire import SSEParser
 READY_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 TICKER_EVERY = 5.0
+
+DEMO_BOTS = ("investor", "hamster")
+DEMO_CASH = Decimal(10000)
 
 DEMO_SOURCES = (
     ("mock-btc", "BTCUSD", "43000.00"),
@@ -135,6 +140,37 @@ class Supervisor:
         self.children.clear()
 
 
+async def demo_keys(settings: Settings, db_url: str) -> dict[str, str]:
+    """An API key for each demo bot: its account is created once, then gets a fresh key each run."""
+    from .accounts import AccountExists, Accounts
+    from .store import Store
+
+    store = await Store.open(db_url, settings.database_schema, 2, settings.db_timeout)
+    try:
+        accounts, keys = Accounts(store), {}
+        for name in DEMO_BOTS:
+            try:
+                keys[name] = await accounts.create(name, DEMO_CASH)
+            except AccountExists:
+                keys[name] = await accounts.issue_key(name, revoke_others=True)
+        return keys
+    finally:
+        await store.close()
+
+
+def bot_children(settings: Settings, keys: dict[str, str]) -> list[Child]:
+    symbols = ",".join(symbol for _, symbol, _ in DEMO_SOURCES)
+    hub = f"http://{settings.host}:{settings.port}"
+    return [
+        Child(
+            name,
+            [sys.executable, "-m", "tickhub", "bot", name, "--symbols", symbols, "--hub", hub],
+            env={"TICKHUB_API_KEY": key},
+        )
+        for name, key in keys.items()
+    ]
+
+
 def demo_children(settings: Settings, db_url: str, interval: float) -> list[Child]:
     python = sys.executable
     host, port = settings.host, settings.port
@@ -233,7 +269,7 @@ def banner(settings: Settings) -> str:
     )
 
 
-async def _demo(settings: Settings, db_url: str, interval: float) -> int:
+async def _demo(settings: Settings, db_url: str, interval: float, bots: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -246,6 +282,9 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
             if stop.is_set():
                 break
             await supervisor.start(child)
+        if bots and not stop.is_set():
+            for child in bot_children(settings, await demo_keys(settings, db_url)):
+                await supervisor.start(child)
         if not stop.is_set():
             print(banner(settings), flush=True)
             ticker = asyncio.create_task(market_ticker(f"http://{settings.host}:{settings.port}"))
@@ -273,4 +312,4 @@ async def _demo(settings: Settings, db_url: str, interval: float) -> int:
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     with database_url(settings.database_url, settings.data_dir) as url:
-        return aio.run(_demo(settings, url, args.interval))
+        return aio.run(_demo(settings, url, args.interval, not args.no_bots))

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from .accounts import Accounts
 from .config import Settings
 from .fanout import Fanout
 from .gate import SerialGate
@@ -44,6 +45,7 @@ class Hub:
         self.sequencer: Sequencer
         self.ingest: Ingest
         self.gate: SerialGate
+        self.accounts: Accounts
         self.tasks: TaskQueue
 
     async def start(self) -> None:
@@ -79,6 +81,7 @@ class Hub:
             reconnect_max=s.reconnect_max,
             max_line=s.source_max_line,
         )
+        self.accounts = Accounts(self.store)
         self.gate = SerialGate(s.test_lock, self.store)
         self.tasks = TaskQueue(self.store, s.task_queue_max, retry_max=s.reconnect_max)
         self.writer.start()

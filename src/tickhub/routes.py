@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import work
+from . import trading, work
 from .errors import ApiError
 from .responses import JSONResponse, raw_json
 from .routes_common import hub_of, parse_limit, parse_time
@@ -83,4 +83,5 @@ ROUTES = [
     Route("/prices/{symbol}", price),
     Route("/prices/{symbol}/history", history),
     *work.ROUTES,
+    *trading.ROUTES,
 ]
