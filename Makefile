@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install start test lint bench bench-quick soak clean template
+.PHONY: install start test lint bench bench-quick soak clean template screenshot
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: install
 template: install  # regenerate .env_template and the README's settings table from src/tickhub/config.py
 	$(BIN)/tickhub settings > .env_template
 	$(BIN)/tickhub settings --readme README.md
+
+screenshot: install  # the demo market for ~30 s, then docs/dashboard.png (needs /usr/bin/chromium)
+	$(BIN)/python docs/screenshot.py
 
 clean:
 	rm -rf $(VENV) .tickhub .pytest_cache

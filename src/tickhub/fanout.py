@@ -101,6 +101,7 @@ class Fanout:
         self.closing = False
         self.writes = 0
         self.bytes_out = 0
+        self.deliveries = 0  # ticks written, counted once per subscriber
         self.resyncs = 0
         self.slow_disconnects = 0
 
@@ -119,6 +120,10 @@ class Fanout:
     @property
     def busy_count(self) -> int:
         return len(self._busy)
+
+    def backlog_bytes(self) -> int:
+        """Bytes the blocked subscribers are behind the ring head, summed."""
+        return sum(self.ring.backlog_bytes(sub.cursor) for sub in self._busy)
 
     def attach(self, sub: Subscriber, cursor: int, prelude: bytes = b"") -> None:
         """Start delivering to ``sub`` from ring position ``cursor``, after ``prelude``."""
@@ -181,10 +186,11 @@ class Fanout:
                     data = resync_frame("slow_consumer") + self.snapshot(sub.symbols)
                 else:
                     head = ring.head
-                    data = ring.collect(cursor, head, sub.symbols)
+                    data, frames = ring.collect_counted(cursor, head, sub.symbols)
                     sub.cursor = head
                     if not data:
                         break
+                    self.deliveries += frames
                 self.writes += 1
                 self.bytes_out += len(data)
                 pending = start_write(sub.write(data))
@@ -240,10 +246,11 @@ class Fanout:
                         sub.cursor = cursor
                         self._deliver(sub, b"")
                     continue
-                data = ring.collect(cursor, head, key)
+                data, frames = ring.collect_counted(cursor, head, key)
                 if not data:
                     target |= subs
                     continue
+                self.deliveries += frames * len(subs)
                 self.writes += len(subs)
                 self.bytes_out += len(data) * len(subs)
                 for sub in subs:

@@ -19,6 +19,7 @@ from .fanout import Fanout
 from .gate import SerialGate
 from .ingest import Ingest
 from .market import Market
+from .metrics import HubMetrics
 from .ring import TickRing
 from .sequencer import Sequencer
 from .store import Store
@@ -58,8 +59,15 @@ class Hub:
         except BaseException:
             await self.store.close()
             raise
+        self.metrics = HubMetrics(self)
         self.writer = CopyWriter(
-            self.store, s.writer_batch, s.writer_flush_interval, s.writer_backlog, s.reconnect_min, s.reconnect_max
+            self.store,
+            s.writer_batch,
+            s.writer_flush_interval,
+            s.writer_backlog,
+            s.reconnect_min,
+            s.reconnect_max,
+            on_batch=self.metrics.observe_batch,
         )
         self.fanout = Fanout(
             self.ring,

@@ -75,9 +75,13 @@ class TickRing:
 
         ``low`` must not be older than ``start`` (the caller resyncs such a subscriber).
         """
+        return self.collect_counted(low, high, symbols)[0]
+
+    def collect_counted(self, low: int, high: int, symbols: Container[str] | None = None) -> tuple[bytes, int]:
+        """Like :meth:`collect`, and how many frames the write holds."""
         n = high - low
         if n <= 0:
-            return b""
+            return b"", 0
         if low < self.start:
             raise IndexError("position already evicted from the ring")
         cap = self.capacity
@@ -85,12 +89,13 @@ class TickRing:
         if a + n <= cap:
             frames = self._frames[a : a + n]
             if symbols is None:
-                return b"".join(frames)
+                return b"".join(frames), n
             names = self._symbols[a : a + n]
         else:
             b = a + n - cap
             frames = self._frames[a:] + self._frames[:b]
             if symbols is None:
-                return b"".join(frames)
+                return b"".join(frames), n
             names = self._symbols[a:] + self._symbols[:b]
-        return b"".join([f for f, s in zip(frames, names, strict=True) if s in symbols])
+        chosen = [f for f, s in zip(frames, names, strict=True) if s in symbols]
+        return b"".join(chosen), len(chosen)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import trading, work
+from . import pages, trading, work
 from .errors import ApiError
+from .metrics import CONTENT_TYPE
 from .responses import JSONResponse, raw_json
 from .routes_common import hub_of, parse_limit, parse_time
 from .stream import stream_endpoint
-from .wire import SYMBOL_RE
+from .wire import SYMBOL_RE, format_ts
 
 DEFAULT_HISTORY_LIMIT = 1000
 
@@ -31,6 +34,10 @@ async def ping(request: Request) -> Response:
 async def health(request: Request) -> Response:
     report = hub_of(request).health()
     return JSONResponse(report, status_code=503 if report["status"] == "draining" else 200)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(hub_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def symbols(request: Request) -> Response:
@@ -74,14 +81,54 @@ async def history(request: Request) -> Response:
     return raw_json(body)
 
 
+CANDLE_INTERVALS = {
+    "1s": timedelta(seconds=1),
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+}
+DEFAULT_CANDLES = 300
+
+
+async def candles(request: Request) -> Response:
+    hub = hub_of(request)
+    symbol = _symbol(request)
+    query = request.query_params
+    name = query.get("interval", "1m")
+    interval = CANDLE_INTERVALS.get(name)
+    if interval is None:
+        raise ApiError(400, "bad_parameter", f"interval must be one of {', '.join(CANDLE_INTERVALS)}")
+    limit = parse_limit(query.get("limit"), DEFAULT_CANDLES, hub.settings.history_limit)
+    until = parse_time("until", query.get("until")) or datetime.now(UTC)
+    since = parse_time("since", query.get("since"))
+    if since is None:  # the newest `limit` buckets, the current one included
+        since = until - interval * limit
+    if since >= until:
+        raise ApiError(400, "bad_parameter", "since must be before until")
+    rows = await hub.store.candles(symbol, interval, since, until, limit)
+    return JSONResponse(
+        {
+            "symbol": symbol,
+            "interval": name,
+            "candles": [
+                {"start": format_ts(start), "open": o, "high": h, "low": low, "close": c, "count": n}
+                for start, o, h, low, c, n in rows
+            ],
+        }
+    )
+
+
 ROUTES = [
     Route("/ping", ping),
     Route("/health", health),
+    Route("/metrics", metrics),
     Route("/stream", stream_endpoint),
     Route("/symbols", symbols),
     Route("/prices", prices),
     Route("/prices/{symbol}", price),
     Route("/prices/{symbol}/history", history),
+    Route("/prices/{symbol}/candles", candles),
     *work.ROUTES,
     *trading.ROUTES,
+    *pages.ROUTES,
 ]

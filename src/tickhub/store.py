@@ -6,7 +6,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import asyncpg
@@ -54,6 +54,18 @@ SQL_HISTORY_NEWEST = (
     "SELECT * FROM (" + _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3"
     " ORDER BY ts DESC, id DESC LIMIT $4) AS t ORDER BY ts, id"
 )
+SQL_CANDLES = """
+SELECT bucket, open::text, high::text, low::text, close::text, n FROM (
+    SELECT date_bin($2::interval, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           (array_agg(price ORDER BY ts, id))[1] AS open,
+           max(price) AS high,
+           min(price) AS low,
+           (array_agg(price ORDER BY ts DESC, id DESC))[1] AS close,
+           count(*) AS n
+    FROM ticks WHERE symbol = $1 AND ts >= $3 AND ts < $4
+    GROUP BY bucket ORDER BY bucket DESC LIMIT $5
+) AS c ORDER BY bucket
+"""
 SQL_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('tickhub.migrate.' || $1))"
 SQL_MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tickhub.migrate.' || $1))"
 SQL_MIGRATIONS_TABLE = """
@@ -228,3 +240,12 @@ class Store:
         with unavailable_as_error():
             rows = await self.pool.fetch(query, symbol, since or TIME_MIN, until or TIME_MAX, limit)
         return [_tick(r) for r in rows]
+
+    async def candles(
+        self, symbol: str, interval: timedelta, since: datetime, until: datetime, limit: int
+    ) -> list[tuple[datetime, str, str, str, str, int]]:
+        """OHLC and tick count per ``interval`` bucket in [since, until), oldest first, at most the
+        newest ``limit`` buckets; open and close follow source time, then hub order."""
+        with unavailable_as_error():
+            rows = await self.pool.fetch(SQL_CANDLES, symbol, interval, since, until, limit)
+        return [tuple(r) for r in rows]

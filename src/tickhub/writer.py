@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .backoff import Backoff
 from .store import Store
@@ -34,6 +35,7 @@ class CopyWriter:
         backlog: int = 1_000_000,
         retry_min: float = 0.25,
         retry_max: float = 5.0,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
@@ -55,6 +57,7 @@ class CopyWriter:
         self.last_error: str | None = None
         self.last_batch_size = 0
         self.last_batch_seconds = 0.0
+        self.on_batch = on_batch
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -128,6 +131,8 @@ class CopyWriter:
             return False
         self.last_batch_seconds = time.perf_counter() - started
         self.last_batch_size = len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), self.last_batch_seconds)
         self.written += len(batch)
         self.batches += 1
         self.persisted_id = max(self.persisted_id, batch[-1].id)
