@@ -57,7 +57,7 @@ async def test_malformed_events_are_counted_and_skipped_while_the_stream_goes_on
         tick_event(7, symbol="btc usd"),
         b"id: 8\nevent: tick\ndata: " + b"x" * 100_000 + b"\n\n",
         tick_event(9, price="101.25"),
-        tick_event(1),  # a replay of an accepted seq
+        tick_event(1),  # lower than a seq this connection already sent
         b"event: news\ndata: {}\n\n",
         tick_event(10, price="102.00"),
     ]
@@ -69,11 +69,24 @@ async def test_malformed_events_are_counted_and_skipped_while_the_stream_goes_on
     assert status == 200
     source = health["sources"]["scripted"]
     assert source["accepted"] == 3
-    assert source["rejects"] == {"bad_json": 1, "missing_field": 1, "bad_price": 3, "bad_symbol": 1, "oversized": 1}
-    assert source["duplicates"] == 1
+    assert source["rejects"] == {
+        "bad_json": 1, "missing_field": 1, "bad_price": 3, "bad_symbol": 1, "oversized": 1, "seq_backwards": 1}
+    assert source["duplicates"] == 0
     assert source["ignored"] == 1
     rows = await persisted(settings, "scripted")
     assert [(r["seq"], r["price"]) for r in rows] == [(1, "100.50"), (9, "101.25"), (10, "102.00")]
+
+
+async def test_a_source_that_replays_everything_on_reconnect_creates_no_twins(settings: Settings) -> None:
+    frames = [tick_event(seq, price=f"{100 + seq}.00") for seq in range(1, 6)]
+    async with scripted_source(frames, close_after=True) as (url, seen):  # ignores Last-Event-ID
+        async with running_hub(settings.replace(sources=(("replayer", url),))) as hub:
+            await wait_for(lambda: len(seen) >= 3, what="three connections")
+            stats = hub.hub.ingest.clients["replayer"].stats
+            assert stats.accepted == 5 and stats.duplicates >= 10 and not stats.rejects
+            await wait_for(lambda: hub.hub.writer.written == 5, what="the writer")
+    assert [r["seq"] for r in await persisted(settings, "replayer")] == [1, 2, 3, 4, 5]
+    assert seen[1]["Last-Event-ID"] == "5"
 
 
 async def test_a_cut_link_is_resumed_by_last_event_id_with_no_gap_and_no_twin(settings: Settings) -> None:

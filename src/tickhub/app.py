@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from .config import Settings
 from .errors import EXCEPTION_HANDLERS
@@ -26,6 +28,17 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await hub.stop()
 
-    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    middleware = []
+    if settings.cors_origins:  # without it, browsers allow only same-origin calls
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                expose_headers=["Location", "Idempotent-Replayed", "Retry-After"],
+            )
+        )
+    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     return app

@@ -87,6 +87,14 @@ def _lock_mode(raw: str) -> str:
     return raw
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^\s/]+$", origin):
+            raise ValueError(f"expected origins such as https://example.com or *, got {origin!r}")
+    return origins
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -130,6 +138,18 @@ SETTINGS: tuple[Setting, ...] = (
         "slow_timeout", _positive(float), 30.0, "Seconds a subscriber may block a write before it is disconnected."
     ),
     Setting("max_symbols", _positive(int), 100, "Most symbols one /stream subscription may name."),
+    Setting(
+        "max_streams_per_client",
+        _positive(int),
+        500,
+        "Most open /stream connections from one client address; more get 429.",
+    ),
+    Setting(
+        "cors_origins",
+        _origins,
+        (),
+        "Origins allowed to call the API from a browser, comma-separated (* for any); empty: same origin only.",
+    ),
     Setting(
         "replay_limit",
         _positive(int),
@@ -195,6 +215,8 @@ class Settings:
     slow_overflows: int = 3
     slow_timeout: float = 30.0
     max_symbols: int = 100
+    max_streams_per_client: int = 500
+    cors_origins: tuple[str, ...] = ()
     replay_limit: int = 100000
     history_limit: int = 10000
     source_stale_timeout: float = 10.0
@@ -250,6 +272,6 @@ def env_template() -> str:
     for setting in SETTINGS:
         default = setting.default
         if isinstance(default, tuple):
-            default = ",".join(f"{n}={u}" for n, u in default)
+            default = ",".join("=".join(item) if isinstance(item, tuple) else item for item in default)
         lines += ["", f"# {setting.help}", f"{setting.name}={'' if default is None else default}"]
     return "\n".join(lines) + "\n"

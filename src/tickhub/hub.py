@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from .accounts import Accounts
@@ -40,6 +41,7 @@ class Hub:
         self.started_at = time.time()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._streams: Counter[str] = Counter()  # open /stream connections per client address
         self.store: Store
         self.writer: CopyWriter
         self.fanout: Fanout
@@ -103,6 +105,18 @@ class Hub:
         self.market.update(tick)
         self.fanout.publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
         self.writer.add(tick)
+
+    def streams_opened(self, client: str) -> bool:
+        """Count a new stream of ``client``; False (and not counted) past the per-client cap."""
+        if self._streams[client] >= self.settings.max_streams_per_client:
+            return False
+        self._streams[client] += 1
+        return True
+
+    def streams_closed(self, client: str) -> None:
+        self._streams[client] -= 1
+        if self._streams[client] <= 0:
+            del self._streams[client]
 
     @property
     def run(self) -> int:

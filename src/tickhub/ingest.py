@@ -90,6 +90,7 @@ class SourceClient:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=stale_timeout)
         self.backoff = Backoff(reconnect_min, reconnect_max)
         self.max_line = max_line
+        self._connection_max_seq = 0
 
     async def run(self) -> None:
         stats = self.stats
@@ -129,6 +130,7 @@ class SourceClient:
             stats.connected_at = stats.last_event_at = time.time()
             log.info("source %s connected (resuming after seq %s)", self.name, last_seq or "-")
             parser = SSEParser(max_line=self.max_line)
+            self._connection_max_seq = 0
             async for chunk in resp.content.iter_any():
                 stats.last_event_at = time.time()
                 oversized = parser.oversized
@@ -150,8 +152,12 @@ class SourceClient:
             return
         last = self.sequencer.last_seq(self.name)
         if self.sequencer.accept(self.name, tick) is None:
-            stats.duplicates += 1
+            if tick.seq < self._connection_max_seq:  # lower than one this connection already sent
+                self._reject("seq_backwards", f"seq {tick.seq} after {self._connection_max_seq}")
+            else:  # a replay of what an earlier connection delivered
+                stats.duplicates += 1
             return
+        self._connection_max_seq = tick.seq
         if last and tick.seq != last + 1:
             stats.gaps += 1
         stats.accepted += 1

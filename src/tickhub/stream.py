@@ -65,12 +65,19 @@ class Resync(Exception):
 class TickStreamResponse:
     """An SSE response fed by the hub's fan-out."""
 
-    def __init__(self, hub: Hub, symbols: SymbolFilter, last_event_id: str | None) -> None:
+    def __init__(self, hub: Hub, symbols: SymbolFilter, last_event_id: str | None, client: str) -> None:
         self.hub = hub
+        self.client = client
         self.symbols = symbols
         self.last_event_id = last_event_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(receive, send)
+        finally:
+            self.hub.streams_closed(self.client)
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
 
         def write(data: bytes):
@@ -185,4 +192,12 @@ async def stream_endpoint(request: Request) -> TickStreamResponse:
         )
     symbols = parse_symbols(request.query_params.get("symbols"), hub.settings.max_symbols)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
-    return TickStreamResponse(hub, symbols, last_event_id)
+    client = request.client.host if request.client else "-"
+    if not hub.streams_opened(client):
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"at most {hub.settings.max_streams_per_client} open streams per client",
+            {"Retry-After": "5"},
+        )
+    return TickStreamResponse(hub, symbols, last_event_id, client)
