@@ -65,7 +65,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from sources import mock
+    from sources import binance, coinbase, kraken, mock
 
     top = argparse.ArgumentParser(prog="tickhub", description="tickhub market-data hub")
     commands = top.add_subparsers(dest="command", required=True)
@@ -77,10 +77,16 @@ def parser() -> argparse.ArgumentParser:
 
     source = commands.add_parser("source", help="run a price source")
     kinds = source.add_subparsers(dest="kind", required=True)
-    mock_parser = kinds.add_parser("mock", help="random-walk prices as SSE")
-    mock.add_arguments(mock_parser)
-    mock_parser.add_argument("--log-level", default="info")
-    mock_parser.set_defaults(func=cmd_source, main=mock.main)
+    for module, kind, help in (
+        (mock, "mock", "random-walk prices as SSE"),
+        (binance, "binance", "Binance spot trades (WebSocket, or REST polling) as SSE"),
+        (coinbase, "coinbase", "Coinbase Exchange ticker as SSE"),
+        (kraken, "kraken", "Kraken WebSocket v2 ticker as SSE"),
+    ):
+        kind_parser = kinds.add_parser(kind, help=help)
+        module.add_arguments(kind_parser)
+        kind_parser.add_argument("--log-level", default="info")
+        kind_parser.set_defaults(func=cmd_source, main=module.main)
 
     demo = commands.add_parser("demo", help="the local demo market: embedded database, sources, hub")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between mock ticks (default 1)")
