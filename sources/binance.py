@@ -140,7 +140,7 @@ class BinanceBridge(ExchangeBridge):
         return self
 
     async def prepare(self) -> None:
-        """Refuse unknown or halted symbols; seed one price per symbol (WebSocket mode)."""
+        """Refuse unknown or halted symbols; hold one price per symbol for the first consumer (WebSocket mode)."""
         s, rest = self.settings, self.rest
         assert rest is not None, "use the bridge as an async context manager"
         symbols = list(s.symbols) or None
@@ -153,7 +153,7 @@ class BinanceBridge(ExchangeBridge):
         ts = now_ts()
         for row in rows:
             if isinstance(row, dict) and row.get("symbol") in allowed and isinstance(row.get("price"), str):
-                self.publish(Quote(self.adapter.hub_symbol(row["symbol"]), row["price"], ts))
+                self.publish(Quote(self.adapter.hub_symbol(row["symbol"]), row["price"], ts), hold=True)
 
     async def stream(self) -> None:
         if self.poller is not None:

@@ -187,6 +187,7 @@ class ExchangeBridge:
         self.published = 0
         self.ignored = 0
         self.malformed: collections.Counter[str] = collections.Counter()
+        self.latest: dict[str, Quote] = {}  # per hub symbol, for the first consumer
         self.error: BridgeError | None = None
         self.failed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -209,24 +210,43 @@ class ExchangeBridge:
     async def prepare(self) -> None:
         """Start-up checks before the feed is served; raises BridgeError naming what was refused."""
 
-    def publish(self, quote: Quote) -> None:
+    def publish(self, quote: Quote, *, hold: bool = False) -> None:
+        """Validate and publish one price; ``hold`` keeps it for the first consumer only (start-up snapshots)."""
         try:
             symbol, price = check_symbol(quote.symbol), check_price(quote.price)
         except TickRejected as exc:
             self.malformed[exc.reason] += 1
             log.debug("skipped %s", exc)
             return
-        self.feed.publish(symbol, price, quote.ts)
-        self.published += 1
+        self.latest[symbol] = quote
+        if not hold:
+            self.feed.publish(symbol, price, quote.ts)
+            self.published += 1
 
     async def run(self) -> None:
         """The feed's producer: streams until cancelled, or until the exchange refuses us."""
         try:
-            await self.stream()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._greet_first_consumer())
+                tasks.create_task(self.stream())
         except* BridgeError as group:
-            self.error = group.exceptions[0]  # type: ignore[assignment]
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):  # task groups nest: report the refusal itself
+                error = error.exceptions[0]
+            self.error = error  # type: ignore[assignment]
             log.error("%s", self.error)
             self.failed.set()
+
+    async def _greet_first_consumer(self) -> None:
+        """Publish the latest price of every symbol once the first consumer is attached.
+
+        A hub's first connection to a source starts live, so it would miss the start-up snapshot
+        and every price published before it came; this way it starts with a full picture.
+        """
+        await self.feed.wait_for_room()  # returns once a consumer is attached (or the feed closes)
+        for quote in list(self.latest.values()):
+            self.feed.publish(quote.symbol, quote.price, quote.ts)
+            self.published += 1
 
     async def stream(self) -> None:
         plans = self.adapter.plans()

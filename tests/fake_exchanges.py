@@ -214,6 +214,7 @@ class FakeBinance(FakeExchange):
 class FakeCoinbase(FakeExchange):
     """Coinbase Exchange: a ``subscribe`` gets a ``subscriptions`` ack, or an ``error`` for an unknown product."""
 
+    ws_path = "/"  # wss://ws-feed.exchange.coinbase.com
     PRODUCTS = {"BTC-USD", "ETH-USD", "SOL-USD"}
 
     async def on_text(self, conn: FakeConnection, text: str) -> None:
