@@ -20,18 +20,9 @@ from tickhub import aio
 from tickhub.backoff import Backoff
 
 from .binance_rest import BinanceRest, TickerPoller, ticker_prices, trading_symbols, with_retries
-from .bridge import (
-    BridgeSettings,
-    ConnectionPlan,
-    ExchangeAdapter,
-    ExchangeBridge,
-    Malformed,
-    Quote,
-    Reconnect,
-    now_ts,
-    ts_from_ms,
-)
+from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
+from .exchange import ConnectionPlan, ExchangeAdapter, Malformed, Quote, Reconnect, now_ts, ts_from_ms
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"

@@ -20,7 +20,7 @@ import orjson
 from tickhub.backoff import Backoff
 from tickhub.wire import format_ts
 
-from .bridge import BridgeError, Quote, now_ts
+from .exchange import BridgeError, Quote, now_ts
 
 if TYPE_CHECKING:
     from .bridge import ExchangeBridge

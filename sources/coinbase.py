@@ -12,17 +12,9 @@ import orjson
 
 from tickhub import aio
 
-from .bridge import (
-    BridgeError,
-    BridgeSettings,
-    ConnectionPlan,
-    ExchangeAdapter,
-    ExchangeBridge,
-    Malformed,
-    Quote,
-    ts_from_iso,
-)
+from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
+from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, ts_from_iso
 
 DEFAULT_WS_URL = "wss://ws-feed.exchange.coinbase.com"
 

@@ -14,18 +14,9 @@ from typing import Any
 
 from tickhub import aio
 
-from .bridge import (
-    BridgeError,
-    BridgeSettings,
-    ConnectionPlan,
-    ExchangeAdapter,
-    ExchangeBridge,
-    Malformed,
-    Quote,
-    now_ts,
-    ts_from_iso,
-)
+from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
+from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, now_ts, ts_from_iso
 
 DEFAULT_WS_URL = "wss://ws.kraken.com/v2"
 

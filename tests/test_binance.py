@@ -12,7 +12,7 @@ from fake_exchanges import FakeBinance, sample, sample_text
 from helpers import SSEStream, get_json, running_bridge, subscribe, wait_for
 
 from sources.binance import BinanceAdapter, BinanceBridge, BinanceSettings
-from sources.bridge import Malformed, Quote, Reconnect
+from sources.exchange import Malformed, Quote, Reconnect
 
 TRADE_MS = 1795460400121  # 2026-11-23T19:00:00.121Z
 

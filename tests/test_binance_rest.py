@@ -14,7 +14,7 @@ from test_binance import binance_settings
 
 from sources.binance import BinanceBridge
 from sources.binance_rest import next_poll_delay
-from sources.bridge import BridgeError
+from sources.exchange import BridgeError
 
 TICKER = "/api/v3/ticker/price"
 

@@ -11,8 +11,9 @@ from fake_exchanges import FakeCoinbase, FakeKraken, sample, sample_text
 from helpers import get_json, running_bridge, wait_for
 
 from sources import coinbase, kraken
-from sources.bridge import BridgeError, BridgeSettings, ExchangeBridge, Malformed, Quote
+from sources.bridge import BridgeSettings, ExchangeBridge
 from sources.coinbase import CoinbaseAdapter
+from sources.exchange import BridgeError, Malformed, Quote
 from sources.kraken import KrakenAdapter, decimal_text
 
 
