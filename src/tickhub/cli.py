@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the local demo market: embedded database, sources, hub")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between mock ticks (default 1)")
+    demo.add_argument(
+        "--live", choices=("binance", "coinbase", "kraken"), default=None, help="live exchange prices instead of mocks"
+    )
     demo.set_defaults(func=cmd_demo)
 
     settings = commands.add_parser("settings", help="print .env_template (or a Markdown table)")
