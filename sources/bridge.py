@@ -154,8 +154,7 @@ class ExchangeBridge:
             while isinstance(error, BaseExceptionGroup):  # task groups nest: report the refusal itself
                 error = error.exceptions[0]
             self.error = error  # type: ignore[assignment]
-            log.error("%s", self.error)
-            self.failed.set()
+            self.failed.set()  # serve_bridge raises it: the command prints it once and exits 2
 
     async def _greet_first_consumer(self) -> None:
         """Publish the latest price of every symbol once the first consumer is attached.

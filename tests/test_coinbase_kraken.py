@@ -4,17 +4,23 @@ JSON numbers included), subscription refusals that stop the bridge, heartbeats a
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_exchanges import FakeCoinbase, FakeKraken, sample, sample_text
 from helpers import get_json, running_bridge, wait_for
 
-from sources import coinbase, kraken
+from sources import binance, coinbase, kraken
 from sources.bridge import BridgeSettings, ExchangeBridge
 from sources.coinbase import CoinbaseAdapter
 from sources.exchange import BridgeError, Malformed, Quote
 from sources.kraken import KrakenAdapter, decimal_text
+from tickhub.config import BRIDGE_SETTINGS
 
 
 def bridge_settings(url: str, symbols: tuple[str, ...], name: str, **kw: Any) -> BridgeSettings:
@@ -180,3 +186,51 @@ def test_native_pair_names_map_to_venue_qualified_hub_symbols() -> None:
     assert [bridge.adapter.hub_symbol(s) for s in bridge.adapter.symbols] == ["KRAKEN:BTC-USD", "KRAKEN:ETH-USD"]
     with pytest.raises(ValueError, match="not valid pair names: BTC USD"):
         coinbase.build(parse(coinbase, "--symbols", "BTC USD"))
+
+
+def test_bridge_url_settings_are_in_the_env_template_and_readme_with_the_bridges_defaults() -> None:
+    assert {name: default for name, default, _ in BRIDGE_SETTINGS} == {
+        "TICKHUB_BINANCE_WS_URL": binance.DEFAULT_WS_URL,
+        "TICKHUB_BINANCE_REST_URL": binance.DEFAULT_REST_URL,
+        "TICKHUB_COINBASE_WS_URL": coinbase.DEFAULT_WS_URL,
+        "TICKHUB_KRAKEN_WS_URL": kraken.DEFAULT_WS_URL,
+    }
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert [name for name, _, _ in BRIDGE_SETTINGS if f"`{name}`" not in readme] == []
+
+
+async def run_coinbase_process(fake: FakeCoinbase, symbols: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tickhub", "source", "coinbase", "--symbols", symbols, "--port", "0"),
+        *("--log-level", "warning"),
+        env=os.environ | {"TICKHUB_COINBASE_WS_URL": fake.ws_url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_a_bridge_process_refused_by_the_exchange_exits_2_with_one_line() -> None:
+    async with FakeCoinbase() as fake:
+        proc = await run_coinbase_process(fake, "BTC-USD,BTC-XYZ")
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    assert proc.returncode == 2
+    reason = "Coinbase refused the subscription, Failed to subscribe: BTC-XYZ is not a valid product"
+    assert err.decode().splitlines() == [f"tickhub source coinbase: {reason}"]
+
+
+async def test_a_bridge_process_stops_cleanly_on_sigterm() -> None:
+    async with FakeCoinbase() as fake:
+        proc = await run_coinbase_process(fake, "BTC-USD")
+        try:
+            conn = await fake.connection(0, timeout=30)
+            await wait_for(lambda: conn.received, what="the subscription")
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await wait_for(conn.closed.is_set, what="the WebSocket closed by the bridge")
+    assert proc.returncode == 0 and b"Traceback" not in err
