@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -193,10 +193,15 @@ def settings_from_args(args: argparse.Namespace) -> BinanceSettings:
         raise ValueError("--interval, --max-age and --weight-limit must be > 0")
     if not 1 <= args.max_streams <= MAX_STREAMS:
         raise ValueError(f"--max-streams must be 1..{MAX_STREAMS}")
-    extra = {"rest_url": rest_url, "mode": args.mode, "interval": args.interval, "max_streams": args.max_streams}
-    values = common_settings(args, ws_url, symbols) | extra | {"weight_limit": args.weight_limit}
-    assert set(values) <= {f.name for f in fields(BinanceSettings)}
-    return BinanceSettings(**values, max_age=args.max_age)  # type: ignore[arg-type]
+    return BinanceSettings(
+        **common_settings(args, ws_url, symbols),  # type: ignore[arg-type]
+        rest_url=rest_url,
+        mode=args.mode,
+        interval=args.interval,
+        max_age=args.max_age,
+        max_streams=args.max_streams,
+        weight_limit=args.weight_limit,
+    )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -55,6 +55,7 @@ class ConnectionStats:
     connected_at: float | None = None
     last_message_at: float | None = None
     messages: int = 0
+    quotes: int = 0
     reconnects: collections.Counter[str] = field(default_factory=collections.Counter)
     last_error: str | None = None
 
@@ -68,6 +69,7 @@ class ConnectionStats:
             "connected_for_s": round(now - self.connected_at, 3) if self.connected_at else None,
             "last_message_age_s": round(now - self.last_message_at, 3) if self.last_message_at else None,
             "messages": self.messages,
+            "quotes": self.quotes,
             "reconnects": dict(self.reconnects),
             "last_error": self.last_error,
         }
@@ -177,13 +179,14 @@ class ExchangeBridge:
     async def _connection(self, plan: ConnectionPlan, stats: ConnectionStats) -> None:
         backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
         pacer = MessagePacer(self.adapter.messages_per_second)
+        loop = asyncio.get_running_loop()
         while True:
-            published_before = self.published
+            quotes_before, started = stats.quotes, loop.time()
             reason = await self._session_once(plan, stats, pacer)
             stats.reconnects[reason] += 1
             stats.state = "reconnecting"
-            if self.published > published_before:
-                backoff.reset()  # the session worked: the next failure starts small again
+            if stats.quotes > quotes_before or loop.time() - started >= self.settings.stale_timeout:
+                backoff.reset()  # the session worked (prices, or a quiet but live link): start small again
             if reason == "max_age":
                 continue  # a planned rotation of a healthy connection: at once
             delay = backoff.next_delay()
@@ -257,6 +260,7 @@ class ExchangeBridge:
                     continue
                 if not quotes:
                     self.ignored += 1
+                stats.quotes += len(quotes)
                 for quote in quotes:
                     self.publish(quote)
             elif msg.type is aiohttp.WSMsgType.BINARY:

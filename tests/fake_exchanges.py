@@ -75,6 +75,8 @@ class FakeExchange:
         self.app = web.Application()
         self.app.router.add_get(self.ws_path, self._websocket)
         self.connections: list[FakeConnection] = []
+        self.attempts: list[float] = []  # loop time of every WebSocket request, refused ones too
+        self.refuse = 0  # answer this many more WebSocket requests with HTTP 503
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -108,7 +110,11 @@ class FakeExchange:
     async def on_text(self, conn: FakeConnection, text: str) -> None:
         """How the exchange answers a message (subscribe acks and errors)."""
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        self.attempts.append(asyncio.get_running_loop().time())
+        if self.refuse > 0:
+            self.refuse -= 1
+            return web.Response(status=503, text="overloaded")
         ws = web.WebSocketResponse(autoping=False)  # so the test sees the bridge's pongs
         await ws.prepare(request)
         conn = FakeConnection(request, ws)

@@ -4,6 +4,8 @@ and the outgoing message rate."""
 
 from __future__ import annotations
 
+import argparse
+import re
 from typing import Any
 
 import orjson
@@ -11,6 +13,7 @@ import pytest
 from fake_exchanges import FakeBinance, sample, sample_text
 from helpers import SSEStream, get_json, running_bridge, subscribe, wait_for
 
+from sources import binance
 from sources.binance import BinanceAdapter, BinanceBridge, BinanceSettings
 from sources.exchange import Malformed, Quote, Reconnect
 
@@ -112,6 +115,38 @@ def test_default_settings_renew_connections_before_binance_closes_them_at_24h() 
     settings = BinanceSettings(ws_url="wss://x", symbols=("BTCUSDT",), name="binance")
     assert settings.max_age is not None and 23 * 3600 <= settings.max_age < 24 * 3600
     assert settings.stale_timeout > 20, "longer than Binance's 20 s ping interval"
+
+
+@pytest.mark.parametrize(
+    ("argv", "symbols"),
+    [
+        ([], ("BTCUSDT", "ETHUSDT")),
+        (["--symbols", "bnbusdt, BTCUSDT,bnbusdt"], ("BNBUSDT", "BTCUSDT")),
+        (["--mode", "rest"], ()),  # every TRADING pair
+        (["--mode", "rest", "--symbols", "all"], ()),
+        (["--mode", "rest", "--symbols", "BTCUSDT"], ("BTCUSDT",)),
+    ],
+)
+def test_command_line_symbols(argv: list[str], symbols: tuple[str, ...]) -> None:
+    parser = argparse.ArgumentParser()
+    binance.add_arguments(parser)
+    assert binance.settings_from_args(parser.parse_args(argv)).symbols == symbols
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--symbols", "all"], "--symbols all needs --mode rest"),
+        (["--max-streams", "2000"], "--max-streams must be 1..1024"),
+        (["--rest-url", "ftp://x"], "--rest-url='ftp://x' is invalid"),
+        (["--name", "Binance"], "--name must be a lower-case source name"),
+    ],
+)
+def test_bad_command_lines_fail_with_one_line(argv: list[str], message: str) -> None:
+    parser = argparse.ArgumentParser()
+    binance.add_arguments(parser)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        binance.settings_from_args(parser.parse_args(argv))
 
 
 # --- against the fake exchange --------------------------------------------------------------------
@@ -260,3 +295,16 @@ async def test_subscribe_messages_stay_under_five_per_second() -> None:
     times = [t for t, _ in conn.received]
     assert [m["params"] for m in conn.messages] == [[f"x{i:04d}usdt@trade"] for i in range(6)]
     assert all(times[i + 4] - times[i] >= 0.95 for i in range(len(times) - 4)), "no 5 messages within a second"
+
+
+async def test_failed_handshakes_back_off_with_growing_capped_delays() -> None:
+    async with FakeBinance() as fake:
+        fake.refuse = 6
+        settings = binance_settings(fake, reconnect_min=0.02, reconnect_max=0.16)
+        async with running_bridge(BinanceBridge(settings)) as bridge:
+            await fake.connection(0)
+            gaps = [b - a for a, b in zip(fake.attempts, fake.attempts[1:], strict=False)]
+            assert bridge.bridge.connections[0].reconnects == {"connect_failed": 6}
+    assert len(gaps) == 6
+    assert gaps[0] < 0.1 and gaps[4] >= 0.08 and gaps[5] >= 0.08, f"the delay doubles from 0.02 s: {gaps}"
+    assert max(gaps) < 0.16 + 0.15, f"capped at reconnect_max (plus scheduling slack): {gaps}"

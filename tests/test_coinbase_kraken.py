@@ -169,12 +169,18 @@ def parse(module: Any, *argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_urls_come_from_the_flag_then_the_environment_then_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_urls_come_from_the_flag_then_the_environment_then_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.delenv("TICKHUB_KRAKEN_WS_URL", raising=False)
     assert kraken.build(parse(kraken)).adapter.ws_url == "wss://ws.kraken.com/v2"
     monkeypatch.setenv("TICKHUB_KRAKEN_WS_URL", "ws://127.0.0.1:9/v2")
     assert kraken.build(parse(kraken)).adapter.ws_url == "ws://127.0.0.1:9/v2"
     assert kraken.build(parse(kraken, "--ws-url", "ws://h:1")).adapter.ws_url == "ws://h:1"
+    monkeypatch.delenv("TICKHUB_KRAKEN_WS_URL")
+    (tmp_path / ".env").write_text("TICKHUB_KRAKEN_WS_URL=ws://from-dotenv:2/v2\n")
+    assert kraken.build(parse(kraken)).adapter.ws_url == "ws://from-dotenv:2/v2"
     monkeypatch.setenv("TICKHUB_COINBASE_WS_URL", "http://wrong")
     with pytest.raises(ValueError, match=r"^TICKHUB_COINBASE_WS_URL='http://wrong' is invalid"):
         coinbase.build(parse(coinbase))
