@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install start test lint bench bench-quick soak clean template screenshot
+.PHONY: install start start-live test lint bench bench-quick soak clean template screenshot
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 start: install
 	$(BIN)/tickhub demo
+
+start-live: install
+	$(BIN)/tickhub demo --live binance
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

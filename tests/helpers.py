@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sources.bridge import ExchangeBridge
 from sources.feed import SourceFeed, source_app, start_site
 from sources.mock import MockMarket, RandomWalk
 from tickhub.config import Settings
@@ -117,6 +118,26 @@ async def running_mock(
         yield RunningSource(feed, port, runner)
     finally:
         await runner.cleanup()
+
+
+class RunningBridge:
+    def __init__(self, bridge: ExchangeBridge, port: int) -> None:
+        self.bridge = bridge
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/stream"
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(bridge: ExchangeBridge) -> AsyncIterator[RunningBridge]:
+    """An exchange bridge in this loop: its start-up checks, then its SSE feed on a real socket."""
+    async with bridge:
+        await bridge.prepare()
+        runner, port = await start_site(bridge.app())
+        try:
+            yield RunningBridge(bridge, port)
+        finally:
+            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -146,7 +146,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from sources import mock
+    from sources import binance, coinbase, kraken, mock
 
     top = argparse.ArgumentParser(prog="tickhub", description="tickhub market-data hub")
     commands = top.add_subparsers(dest="command", required=True)
@@ -158,10 +158,16 @@ def parser() -> argparse.ArgumentParser:
 
     source = commands.add_parser("source", help="run a price source")
     kinds = source.add_subparsers(dest="kind", required=True)
-    mock_parser = kinds.add_parser("mock", help="random-walk prices as SSE")
-    mock.add_arguments(mock_parser)
-    mock_parser.add_argument("--log-level", default="info")
-    mock_parser.set_defaults(func=cmd_source, main=mock.main)
+    for module, kind, help in (
+        (mock, "mock", "random-walk prices as SSE"),
+        (binance, "binance", "Binance spot trades (WebSocket, or REST polling) as SSE"),
+        (coinbase, "coinbase", "Coinbase Exchange ticker as SSE"),
+        (kraken, "kraken", "Kraken WebSocket v2 ticker as SSE"),
+    ):
+        kind_parser = kinds.add_parser(kind, help=help)
+        module.add_arguments(kind_parser)
+        kind_parser.add_argument("--log-level", default="info")
+        kind_parser.set_defaults(func=cmd_source, main=module.main)
 
     bot = commands.add_parser("bot", help="run a trading bot (API key from TICKHUB_API_KEY)")
     from bots import runner
@@ -186,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the local demo market: embedded database, sources, hub")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between mock ticks (default 1)")
     demo.add_argument("--no-bots", action="store_true", help="run without the investor and hamster bots")
+    demo.add_argument(
+        "--live", choices=("binance", "coinbase", "kraken"), default=None, help="live exchange prices instead of mocks"
+    )
     demo.set_defaults(func=cmd_demo)
 
     settings = commands.add_parser("settings", help="print .env_template (or a Markdown table)")

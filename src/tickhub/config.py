@@ -197,6 +197,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+#: Read by the exchange bridges (``tickhub source binance|coinbase|kraken``), not by the hub: (name,
+#: default, help). sources/ cannot import this module; a test keeps these defaults equal to theirs.
+BRIDGE_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("TICKHUB_BINANCE_WS_URL", "wss://stream.binance.com:9443", "Binance WebSocket streams base URL."),
+    ("TICKHUB_BINANCE_REST_URL", "https://api.binance.com", "Binance REST API base URL."),
+    ("TICKHUB_COINBASE_WS_URL", "wss://ws-feed.exchange.coinbase.com", "Coinbase Exchange WebSocket feed URL."),
+    ("TICKHUB_KRAKEN_WS_URL", "wss://ws.kraken.com/v2", "Kraken WebSocket v2 URL."),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated settings of one hub process."""
@@ -274,4 +284,7 @@ def env_template() -> str:
         if isinstance(default, tuple):
             default = ",".join("=".join(item) if isinstance(item, tuple) else item for item in default)
         lines += ["", f"# {setting.help}", f"{setting.name}={'' if default is None else default}"]
+    lines += ["", "# --- exchange bridges (tickhub source binance|coinbase|kraken) ---"]
+    for name, default, help in BRIDGE_SETTINGS:
+        lines += ["", f"# {help}", f"{name}={default}"]
     return "\n".join(lines) + "\n"

@@ -1,11 +1,11 @@
 """``tickhub demo``: a whole local market under one supervisor.
 
-Start order: embedded PostgreSQL (unless TICKHUB_DATABASE_URL is set) → three mock sources → the
-hub → two bots, "investor" and "hamster", each with a fresh API key. Each child runs in its own
-session, so a terminal's Ctrl-C reaches only the supervisor, which then stops the children in
-reverse order: SIGTERM, a grace period, and SIGKILL through the process handle if one still
-lingers. Children also get SIGTERM if the supervisor itself dies (PR_SET_PDEATHSIG), so nothing
-is left behind either way.
+Start order: embedded PostgreSQL (unless TICKHUB_DATABASE_URL is set) → three mock sources (or,
+with ``--live VENUE``, one exchange bridge) → the hub → two bots, "investor" and "hamster", each
+with a fresh API key. Each child runs in its own session, so a terminal's Ctrl-C reaches only the
+supervisor, which then stops the children in reverse order: SIGTERM, a grace period, and SIGKILL
+through the process handle if one still lingers. Children also get SIGTERM if the supervisor itself
+dies (PR_SET_PDEATHSIG), so nothing is left behind either way.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ DEMO_SOURCES = (
     ("mock-tcsg", "TCSG", "3000.00"),
     ("mock-meta", "META", "480.00"),
 )
+#: ``tickhub demo --live VENUE``: one exchange bridge (public market data, no keys) instead of the mocks.
+LIVE_SYMBOLS = {"binance": "BTCUSDT,ETHUSDT", "coinbase": "BTC-USD,ETH-USD", "kraken": "BTC/USD,ETH/USD"}
+
+
+def hub_symbols(live: str | None) -> list[str]:
+    """The symbols the demo's sources put on the hub stream (bridges qualify them with the venue)."""
+    if live is None:
+        return [symbol for _, symbol, _ in DEMO_SOURCES]
+    return [f"{live.upper()}:{pair.replace('/', '-')}" for pair in LIVE_SYMBOLS[live].split(",")]
 
 
 def _die_with_parent() -> None:
@@ -158,8 +167,8 @@ async def demo_keys(settings: Settings, db_url: str) -> dict[str, str]:
         await store.close()
 
 
-def bot_children(settings: Settings, keys: dict[str, str]) -> list[Child]:
-    symbols = ",".join(symbol for _, symbol, _ in DEMO_SOURCES)
+def bot_children(settings: Settings, keys: dict[str, str], live: str | None = None) -> list[Child]:
+    symbols = ",".join(hub_symbols(live))
     hub = f"http://{settings.host}:{settings.port}"
     return [
         Child(
@@ -171,12 +180,21 @@ def bot_children(settings: Settings, keys: dict[str, str]) -> list[Child]:
     ]
 
 
-def demo_children(settings: Settings, db_url: str, interval: float) -> list[Child]:
+def live_source(venue: str, host: str, port: int) -> Child:
+    """The exchange bridge for ``--live``; ready once it has checked its symbols with the exchange."""
+    argv = [sys.executable, "-m", "tickhub", "source", venue, "--symbols", LIVE_SYMBOLS[venue]]
+    return Child(venue, [*argv, "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/")
+
+
+def demo_children(settings: Settings, db_url: str, interval: float, live: str | None = None) -> list[Child]:
     python = sys.executable
     host, port = settings.host, settings.port
     children = []
     urls = []
-    for offset, (name, symbol, start) in enumerate(DEMO_SOURCES, start=1):
+    if live is not None:
+        children.append(live_source(live, host, port + 1))
+        urls.append(f"{live}=http://{host}:{port + 1}/stream")
+    for offset, (name, symbol, start) in enumerate(DEMO_SOURCES if live is None else (), start=1):
         source_port = port + offset
         children.append(
             Child(
@@ -269,7 +287,7 @@ def banner(settings: Settings) -> str:
     )
 
 
-async def _demo(settings: Settings, db_url: str, interval: float, bots: bool) -> int:
+async def _demo(settings: Settings, db_url: str, interval: float, bots: bool, live: str | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,12 +296,12 @@ async def _demo(settings: Settings, db_url: str, interval: float, bots: bool) ->
     ticker: asyncio.Task[None] | None = None
     code = 0
     try:
-        for child in demo_children(settings, db_url, interval):
+        for child in demo_children(settings, db_url, interval, live):
             if stop.is_set():
                 break
             await supervisor.start(child)
         if bots and not stop.is_set():
-            for child in bot_children(settings, await demo_keys(settings, db_url)):
+            for child in bot_children(settings, await demo_keys(settings, db_url), live):
                 await supervisor.start(child)
         if not stop.is_set():
             print(banner(settings), flush=True)
@@ -312,4 +330,4 @@ async def _demo(settings: Settings, db_url: str, interval: float, bots: bool) ->
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     with database_url(settings.database_url, settings.data_dir) as url:
-        return aio.run(_demo(settings, url, args.interval, not args.no_bots))
+        return aio.run(_demo(settings, url, args.interval, not args.no_bots, getattr(args, "live", None)))

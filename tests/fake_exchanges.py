@@ -1,0 +1,273 @@
+"""Local fake exchanges for the bridge tests: aiohttp servers on 127.0.0.1 (port 0) in the test's loop.
+
+They answer in the shapes the exchanges document (samples in tests/samples/, sent verbatim), record
+what the bridge sent (messages with their times, pongs, REST requests) and let a test push frames,
+ping, close or drop a connection, and script REST failures (429, 418, weight headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from helpers import wait_for
+
+from sources.feed import start_site
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def sample_text(name: str) -> str:
+    """A sample payload's text exactly as stored (floats keep their digits)."""
+    return (SAMPLES / f"{name}.json").read_text()
+
+
+def sample(name: str) -> Any:
+    return orjson.loads(sample_text(name))
+
+
+class FakeConnection:
+    """The server side of one WebSocket a bridge opened."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.request = request
+        self.ws = ws
+        self.received: list[tuple[float, str]] = []  # (loop time, text) of each message the bridge sent
+        self.pongs: list[bytes] = []
+        self.closed = asyncio.Event()
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(self.request.query)
+
+    @property
+    def messages(self) -> list[Any]:
+        return [orjson.loads(text) for _, text in self.received]
+
+    async def send(self, payload: str | dict[str, Any]) -> None:
+        await self.ws.send_str(payload if isinstance(payload, str) else orjson.dumps(payload).decode())
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def ping(self, payload: bytes = b"") -> None:
+        await self.ws.ping(payload)
+
+    def abort(self) -> None:
+        """Drop the TCP connection with no close frame, as a crashed server or a cut link would."""
+        assert self.request.transport is not None
+        self.request.transport.abort()
+
+
+class FakeExchange:
+    """A WebSocket endpoint at ``ws_path`` (plus whatever REST routes a subclass adds)."""
+
+    ws_path = "/ws"
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get(self.ws_path, self._websocket)
+        self.connections: list[FakeConnection] = []
+        self.attempts: list[float] = []  # loop time of every WebSocket request, refused ones too
+        self.refuse = 0  # answer this many more WebSocket requests with HTTP 503
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeExchange:
+        self._runner, self.port = await start_site(self.app)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for conn in self.connections:
+            if not conn.closed.is_set():
+                conn.abort()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def connection(self, n: int = 0, timeout: float = 5.0) -> FakeConnection:
+        """The ``n``-th connection (0-based), waiting for it to open."""
+        await wait_for(lambda: len(self.connections) > n, timeout, f"connection #{n} to {type(self).__name__}")
+        return self.connections[n]
+
+    async def on_connect(self, conn: FakeConnection) -> None:
+        """What the exchange sends right after the handshake."""
+
+    async def on_text(self, conn: FakeConnection, text: str) -> None:
+        """How the exchange answers a message (subscribe acks and errors)."""
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        self.attempts.append(asyncio.get_running_loop().time())
+        if self.refuse > 0:
+            self.refuse -= 1
+            return web.Response(status=503, text="overloaded")
+        ws = web.WebSocketResponse(autoping=False)  # so the test sees the bridge's pongs
+        await ws.prepare(request)
+        conn = FakeConnection(request, ws)
+        self.connections.append(conn)
+        try:
+            await self.on_connect(conn)
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    conn.received.append((asyncio.get_running_loop().time(), msg.data))
+                    await self.on_text(conn, msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    conn.pongs.append(msg.data)
+                elif msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+        except ConnectionError:
+            pass
+        finally:
+            conn.closed.set()
+        return ws
+
+
+class FakeBinance(FakeExchange):
+    """Binance spot: ``/stream?streams=`` combined streams, ``exchangeInfo`` and ``ticker/price``."""
+
+    ws_path = "/stream"
+    WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/ticker/price": 4}
+
+    def __init__(self, extra_pairs: int = 0) -> None:
+        super().__init__()
+        self.info = sample("binance_exchange_info")
+        self.prices = {row["symbol"]: row["price"] for row in sample("binance_ticker_price")}
+        template = self.info["symbols"][2]
+        for i in range(extra_pairs):  # "every pair" polls carry thousands of rows
+            symbol = f"X{i:04d}USDT"
+            self.info["symbols"].append(copy.deepcopy(template) | {"symbol": symbol, "baseAsset": f"X{i:04d}"})
+            self.prices[symbol] = f"{1 + i % 97}.{i % 100:02d}000000"
+        self.requests: list[tuple[float, str, dict[str, str]]] = []  # (loop time, path, query)
+        self.scripted: deque[tuple[int, dict[str, str], str]] = deque()  # next REST answers, in order
+        self.used_weight: int | None = None  # None: count real weights
+        self._weight = 0
+        self.app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
+        self.app.router.add_get("/api/v3/ticker/price", self._ticker_price)
+
+    def fail_next(self, status: int, retry_after: int | None = None, body: str = "{}") -> None:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        self.scripted.append((status, headers, body))
+
+    def trade(self, symbol: str, price: str, trade_ms: int = 1795460400121) -> dict[str, Any]:
+        """A trade event in the combined-stream wrapper, as the docs show it."""
+        msg = sample("binance_trade")
+        msg["stream"] = f"{symbol.lower()}@trade"
+        msg["data"].update(s=symbol, p=price, T=trade_ms, E=trade_ms + 2)
+        return msg
+
+    def requests_to(self, path: str) -> list[tuple[float, str, dict[str, str]]]:
+        return [r for r in self.requests if r[1] == path]
+
+    def _answer(
+        self, request: web.Request, status: int, body: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        self._weight += self.WEIGHTS.get(request.path, 1)
+        weight = self._weight if self.used_weight is None else self.used_weight
+        headers = {"X-MBX-USED-WEIGHT-1M": str(weight), **(headers or {})}
+        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+    def _record(self, request: web.Request) -> web.Response | None:
+        self.requests.append((asyncio.get_running_loop().time(), request.path, dict(request.query)))
+        if self.scripted:
+            status, headers, body = self.scripted.popleft()
+            return self._answer(request, status, body, headers)
+        return None
+
+    def _requested(self, request: web.Request) -> list[str] | None:
+        raw = request.query.get("symbols")
+        return json.loads(raw) if raw is not None else None
+
+    async def _exchange_info(self, request: web.Request) -> web.Response:
+        if (scripted := self._record(request)) is not None:
+            return scripted
+        wanted = self._requested(request)
+        if wanted is None:
+            return self._answer(request, 200, orjson.dumps(self.info).decode())
+        rows = {s["symbol"]: s for s in self.info["symbols"]}
+        if any(s not in rows for s in wanted):
+            return self._answer(request, 400, sample_text("binance_invalid_symbol"))
+        return self._answer(request, 200, orjson.dumps(self.info | {"symbols": [rows[s] for s in wanted]}).decode())
+
+    async def _ticker_price(self, request: web.Request) -> web.Response:
+        if (scripted := self._record(request)) is not None:
+            return scripted
+        wanted = self._requested(request)
+        if wanted is not None and any(s not in self.prices for s in wanted):
+            return self._answer(request, 400, sample_text("binance_invalid_symbol"))
+        rows = [{"symbol": s, "price": p} for s, p in self.prices.items() if wanted is None or s in wanted]
+        return self._answer(request, 200, orjson.dumps(rows).decode())
+
+    async def on_text(self, conn: FakeConnection, text: str) -> None:
+        msg = orjson.loads(text)
+        if msg.get("method") == "SUBSCRIBE":
+            await conn.send({"result": None, "id": msg["id"]})
+
+
+class FakeCoinbase(FakeExchange):
+    """Coinbase Exchange: a ``subscribe`` gets a ``subscriptions`` ack, or an ``error`` for an unknown product."""
+
+    ws_path = "/"  # wss://ws-feed.exchange.coinbase.com
+    PRODUCTS = {"BTC-USD", "ETH-USD", "SOL-USD"}
+
+    async def on_text(self, conn: FakeConnection, text: str) -> None:
+        msg = orjson.loads(text)
+        if msg.get("type") != "subscribe":
+            return
+        bad = [p for p in msg["product_ids"] if p not in self.PRODUCTS]
+        if bad:
+            error = sample("coinbase_error")
+            error["reason"] = f"{bad[0]} is not a valid product"
+            await conn.send(error)
+            return
+        ack = sample("coinbase_subscriptions")
+        ack["channels"] = [{"name": c, "product_ids": msg["product_ids"]} for c in msg["channels"]]
+        await conn.send(ack)
+
+    def ticker(self, product: str, price: str, time: str = "2026-11-23T19:00:00.123456Z") -> dict[str, Any]:
+        return sample("coinbase_ticker") | {"product_id": product, "price": price, "time": time}
+
+
+class FakeKraken(FakeExchange):
+    """Kraken v2: a status message on connect; per symbol a subscribe ack and a snapshot, or an error."""
+
+    ws_path = "/v2"
+    PAIRS = {"BTC/USD", "ETH/USD"}
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v2"
+
+    async def on_connect(self, conn: FakeConnection) -> None:
+        await conn.send(sample_text("kraken_status"))
+
+    async def on_text(self, conn: FakeConnection, text: str) -> None:
+        msg = orjson.loads(text)
+        if msg.get("method") != "subscribe":
+            return
+        for symbol in msg["params"]["symbol"]:
+            if symbol not in self.PAIRS:
+                await conn.send(sample_text("kraken_subscribe_error").replace("BTC/XYZ", symbol))
+                continue
+            await conn.send(sample_text("kraken_subscribe_ack").replace("BTC/USD", symbol))
+            await conn.send(sample_text("kraken_ticker_snapshot").replace("BTC/USD", symbol))
+
+    @staticmethod
+    def ticker_update(symbol: str, last: str, timestamp: str = "2026-11-23T19:00:00.654321Z") -> str:
+        """The documented ``update`` with ``last`` set to the raw JSON number text ``last`` (e.g. ``26394.10``)."""
+        text = re.sub(r'"last": [-0-9.eE+]+', f'"last": {last}', sample_text("kraken_ticker_update"))
+        text = re.sub(r'"timestamp": "[^"]*"', f'"timestamp": "{timestamp}"', text)
+        return text.replace("BTC/USD", symbol)

@@ -1,0 +1,310 @@
+"""The Binance bridge over WebSocket, against a local fake Binance: seed snapshot, exact trade prices,
+malformed frames, pings, abrupt closes, serverShutdown, connection age, stale links, stream splitting
+and the outgoing message rate."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+import orjson
+import pytest
+from fake_exchanges import FakeBinance, sample, sample_text
+from helpers import SSEStream, get_json, running_bridge, subscribe, wait_for
+
+from sources import binance
+from sources.binance import BinanceAdapter, BinanceBridge, BinanceSettings
+from sources.exchange import Malformed, Quote, Reconnect
+
+TRADE_MS = 1795460400121  # 2026-11-23T19:00:00.121Z
+
+
+def binance_settings(
+    fake: FakeBinance, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT"), **kw: Any
+) -> BinanceSettings:
+    """Short timers so a test never waits long; everything else as in production."""
+    base: dict[str, Any] = {
+        "ws_url": fake.ws_url,
+        "rest_url": fake.http_url,
+        "symbols": symbols,
+        "name": "binance",
+        "stale_timeout": 5.0,
+        "connect_timeout": 2.0,
+        "close_timeout": 0.5,
+        "reconnect_min": 0.01,
+        "reconnect_max": 0.05,
+        "heartbeat": 0.5,
+        "startup_attempts": 2,
+    }
+    return BinanceSettings(**(base | kw))
+
+
+async def source_ticks(stream: SSEStream, n: int) -> list[dict[str, Any]]:
+    """The next ``n`` tick events of a source feed, checking each SSE id is the tick's seq."""
+    out = []
+    while len(out) < n:
+        event = await stream.next_event("tick", timeout=5)
+        tick = orjson.loads(event.data)
+        assert event.id == str(tick["seq"])
+        out.append(tick)
+    return out
+
+
+# --- the adapter alone ----------------------------------------------------------------------------
+
+
+def test_a_trade_becomes_a_quote_with_the_exact_price_and_trade_time() -> None:
+    adapter = BinanceAdapter("wss://x", ["BTCUSDT"])
+    [quote] = adapter.decode(sample_text("binance_trade"))
+    assert quote == Quote("BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z")
+    raw = orjson.dumps(sample("binance_trade")["data"]).decode()  # a raw /ws payload, without the wrapper
+    assert adapter.decode(raw) == [quote]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        sample_text("binance_server_shutdown"),
+        '{"e": "serverShutdown", "E": 1795460400500}',
+        '{"stream": "btcusdt@trade", "data": {"e": "serverShutdown", "E": 1795460400500}}',
+    ],
+)
+def test_server_shutdown_asks_for_a_new_connection(text: str) -> None:
+    with pytest.raises(Reconnect):
+        BinanceAdapter("wss://x", ["BTCUSDT"]).decode(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('{"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "T": 1}}', "missing_field"),
+        ('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": "soon"}}', "bad_ts"),
+        ('{"data": {"e": "trade", "s": "DOGEUSDT", "p": "1.0", "T": 1}}', "unknown_symbol"),
+        ('{"error": {"code": 2, "msg": "Invalid request"}, "id": 1}', "exchange_error"),
+    ],
+)
+def test_malformed_messages_name_their_reason(text: str, reason: str) -> None:
+    with pytest.raises(Malformed) as info:
+        BinanceAdapter("wss://x", ["BTCUSDT"]).decode(text)
+    assert info.value.reason == reason
+
+
+def test_acks_and_other_events_carry_no_quote() -> None:
+    adapter = BinanceAdapter("wss://x", ["BTCUSDT"])
+    assert adapter.decode(sample_text("binance_subscribe_ack")) == []
+    assert adapter.decode('{"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "p": "1"}}') == []
+
+
+def test_streams_are_split_at_max_streams_and_the_url_holds_only_the_first_few() -> None:
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"]
+    plans = BinanceAdapter("wss://x:9443", symbols, max_streams=3, url_streams=2, subscribe_batch=1).plans()
+    assert [p.url for p in plans] == [
+        "wss://x:9443/stream?streams=btcusdt@trade/ethusdt@trade",
+        "wss://x:9443/stream?streams=solusdt@trade/xrpusdt@trade",
+    ]
+    assert [orjson.loads(m) for m in plans[0].messages] == [
+        {"method": "SUBSCRIBE", "params": ["bnbusdt@trade"], "id": 1}
+    ]
+    assert plans[1].messages == () and [p.streams for p in plans] == [3, 2]
+
+
+def test_default_settings_renew_connections_before_binance_closes_them_at_24h() -> None:
+    settings = BinanceSettings(ws_url="wss://x", symbols=("BTCUSDT",), name="binance")
+    assert settings.max_age is not None and 23 * 3600 <= settings.max_age < 24 * 3600
+    assert settings.stale_timeout > 20, "longer than Binance's 20 s ping interval"
+
+
+@pytest.mark.parametrize(
+    ("argv", "symbols"),
+    [
+        ([], ("BTCUSDT", "ETHUSDT")),
+        (["--symbols", "bnbusdt, BTCUSDT,bnbusdt"], ("BNBUSDT", "BTCUSDT")),
+        (["--mode", "rest"], ()),  # every TRADING pair
+        (["--mode", "rest", "--symbols", "all"], ()),
+        (["--mode", "rest", "--symbols", "BTCUSDT"], ("BTCUSDT",)),
+    ],
+)
+def test_command_line_symbols(argv: list[str], symbols: tuple[str, ...]) -> None:
+    parser = argparse.ArgumentParser()
+    binance.add_arguments(parser)
+    assert binance.settings_from_args(parser.parse_args(argv)).symbols == symbols
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--symbols", "all"], "--symbols all needs --mode rest"),
+        (["--max-streams", "2000"], "--max-streams must be 1..1024"),
+        (["--rest-url", "ftp://x"], "--rest-url='ftp://x' is invalid"),
+        (["--name", "Binance"], "--name must be a lower-case source name"),
+    ],
+)
+def test_bad_command_lines_fail_with_one_line(argv: list[str], message: str) -> None:
+    parser = argparse.ArgumentParser()
+    binance.add_arguments(parser)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        binance.settings_from_args(parser.parse_args(argv))
+
+
+# --- against the fake exchange --------------------------------------------------------------------
+
+
+async def test_seed_snapshot_then_trades_with_exact_prices_and_trade_times() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        conn = await fake.connection(0)
+        assert conn.query == {"streams": "btcusdt@trade/ethusdt@trade"}
+        async with subscribe(bridge.base, last_event_id="0") as stream:
+            seeds = await source_ticks(stream, 2)
+            await conn.send(fake.trade("BTCUSDT", "43211.01000000", TRADE_MS))
+            await conn.send(fake.trade("ETHUSDT", "2250.10000000", TRADE_MS + 5))
+            trades = await source_ticks(stream, 2)
+    assert {(t["symbol"], t["price"]) for t in seeds} == {
+        ("BINANCE:BTCUSDT", "43210.55000000"),
+        ("BINANCE:ETHUSDT", "2250.01000000"),
+    }
+    assert [(t["source"], t["symbol"], t["price"], t["ts"]) for t in trades] == [
+        ("binance", "BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z"),
+        ("binance", "BINANCE:ETHUSDT", "2250.10000000", "2026-11-23T19:00:00.126000Z"),
+    ]
+    seqs = [t["seq"] for t in seeds + trades]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    info = fake.requests_to("/api/v3/exchangeInfo")
+    assert [q for _, _, q in info] == [{"symbols": '["BTCUSDT","ETHUSDT"]'}], "one compact exchangeInfo call"
+
+
+async def test_a_consumer_arriving_live_first_gets_the_latest_price_of_every_symbol() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        conn = await fake.connection(0)
+        await conn.send(fake.trade("BTCUSDT", "43211.01000000", TRADE_MS))
+        await wait_for(lambda: bridge.bridge.published == 1, what="a trade before any consumer")
+        async with subscribe(bridge.base) as stream:  # no Last-Event-ID: live, as a hub's first connection
+            latest = await source_ticks(stream, 2)
+    by_symbol = {t["symbol"]: t for t in latest}
+    assert (by_symbol["BINANCE:BTCUSDT"]["price"], by_symbol["BINANCE:BTCUSDT"]["ts"]) == (
+        "43211.01000000",  # the trade, newer than the start-up snapshot
+        "2026-11-23T19:00:00.121000Z",
+    )
+    assert by_symbol["BINANCE:ETHUSDT"]["price"] == "2250.01000000", "the start-up snapshot"
+
+
+async def test_malformed_frames_are_counted_and_skipped_and_the_bridge_goes_on() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        conn = await fake.connection(0)
+        for bad in (
+            "{not json",
+            "[]",
+            {"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "T": TRADE_MS}},
+            fake.trade("BTCUSDT", "-1.00"),
+            fake.trade("BTCUSDT", "0.00000000"),
+            fake.trade("BTCUSDT", "1e5"),
+        ):
+            await conn.send(bad)
+        await conn.send_bytes(b"\x00\x01")
+        await conn.send(fake.trade("BTCUSDT", "43212.00000000"))
+        await wait_for(lambda: bridge.bridge.published == 1, what="the good trade after the bad frames")
+        status, health = await get_json(f"{bridge.base}/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["malformed"] == {"bad_json": 2, "missing_field": 1, "bad_price": 3, "binary": 1}
+    assert health["connections"][0]["connects"] == 1, "no reconnect for bad frames"
+
+
+async def test_server_pings_are_answered_with_their_payload() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        conn = await fake.connection(0)
+        await conn.ping(b"tickhub-1")
+        await conn.ping(b"tickhub-2")
+        await wait_for(lambda: conn.pongs == [b"tickhub-1", b"tickhub-2"], what="two pongs")
+        assert bridge.bridge.connections[0].connects == 1
+
+
+async def test_an_abrupt_close_mid_stream_is_reconnected_and_seq_keeps_increasing() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        async with subscribe(bridge.base, last_event_id="0") as stream:
+            first = await fake.connection(0)
+            await first.send(fake.trade("BTCUSDT", "43211.00000000"))
+            before = await source_ticks(stream, 3)
+            first.abort()
+            second = await fake.connection(1)
+            await second.send(fake.trade("BTCUSDT", "43213.50000000"))
+            [after] = await source_ticks(stream, 1)
+        stats = bridge.bridge.connections[0]
+    assert after["price"] == "43213.50000000" and after["seq"] == before[-1]["seq"] + 1
+    assert stats.reconnects == {"closed": 1} and stats.connects == 2
+
+
+async def test_server_shutdown_event_opens_a_new_connection() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        first = await fake.connection(0)
+        await first.send(sample_text("binance_server_shutdown"))
+        second = await fake.connection(1)
+        await wait_for(first.closed.is_set, what="the old connection to be closed by the bridge")
+        await second.send(fake.trade("ETHUSDT", "2251.00000000"))
+        await wait_for(lambda: bridge.bridge.published == 1, what="a trade on the new connection")
+        assert bridge.bridge.connections[0].reconnects == {"server_shutdown": 1}
+
+
+async def test_a_connection_is_renewed_when_it_reaches_max_age() -> None:
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake, max_age=0.3))) as bridge:
+        first = await fake.connection(0)
+        await fake.connection(1)
+        await wait_for(first.closed.is_set, what="the old connection to be closed")
+        assert bridge.bridge.connections[0].reconnects["max_age"] >= 1
+        assert "stale" not in bridge.bridge.connections[0].reconnects
+
+
+async def test_a_silent_connection_is_reconnected_by_the_stale_watchdog() -> None:
+    async with (
+        FakeBinance() as fake,
+        running_bridge(BinanceBridge(binance_settings(fake, stale_timeout=0.2))) as bridge,
+    ):
+        await fake.connection(2)
+        assert bridge.bridge.connections[0].reconnects["stale"] >= 2
+
+
+async def test_streams_beyond_max_streams_go_to_another_connection() -> None:
+    symbols = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    async with (
+        FakeBinance() as fake,
+        running_bridge(BinanceBridge(binance_settings(fake, symbols=symbols, max_streams=2))) as bridge,
+    ):
+        await fake.connection(1)
+        assert sorted(c.query["streams"] for c in fake.connections) == ["bnbusdt@trade", "btcusdt@trade/ethusdt@trade"]
+        by_streams = {c.query["streams"]: c for c in fake.connections}
+        await by_streams["bnbusdt@trade"].send(fake.trade("BNBUSDT", "312.50000000"))
+        await by_streams["btcusdt@trade/ethusdt@trade"].send(fake.trade("BTCUSDT", "43200.00000000"))
+        await wait_for(lambda: bridge.bridge.published == 2, what="trades on both connections")
+        _, health = await get_json(f"{bridge.base}/health")
+    assert [c["streams"] for c in health["connections"]] == [2, 1]
+
+
+async def test_subscribe_messages_stay_under_five_per_second() -> None:
+    symbols = ("BTCUSDT", *(f"X{i:04d}USDT" for i in range(6)))
+    async with (
+        FakeBinance(extra_pairs=6) as fake,
+        running_bridge(
+            BinanceBridge(binance_settings(fake, symbols=symbols, url_streams=1, subscribe_batch=1))
+        ) as bridge,
+    ):
+        conn = await fake.connection(0)
+        await wait_for(lambda: len(conn.received) == 6, what="six SUBSCRIBE messages")
+        await conn.send(fake.trade("X0005USDT", "6.05000000"))
+        await wait_for(lambda: bridge.bridge.published == 1, what="a trade of a SUBSCRIBEd stream")
+    times = [t for t, _ in conn.received]
+    assert [m["params"] for m in conn.messages] == [[f"x{i:04d}usdt@trade"] for i in range(6)]
+    assert all(times[i + 4] - times[i] >= 0.95 for i in range(len(times) - 4)), "no 5 messages within a second"
+
+
+async def test_failed_handshakes_back_off_with_growing_capped_delays() -> None:
+    async with FakeBinance() as fake:
+        fake.refuse = 6
+        settings = binance_settings(fake, reconnect_min=0.02, reconnect_max=0.16)
+        async with running_bridge(BinanceBridge(settings)) as bridge:
+            await fake.connection(0)
+            gaps = [b - a for a, b in zip(fake.attempts, fake.attempts[1:], strict=False)]
+            assert bridge.bridge.connections[0].reconnects == {"connect_failed": 6}
+    assert len(gaps) == 6
+    assert gaps[0] < 0.1 and gaps[4] >= 0.08 and gaps[5] >= 0.08, f"the delay doubles from 0.02 s: {gaps}"
+    assert max(gaps) < 0.16 + 0.15, f"capped at reconnect_max (plus scheduling slack): {gaps}"

@@ -1,0 +1,242 @@
+"""The Coinbase and Kraken bridges against local fakes: documented messages, exact prices (Kraken's
+JSON numbers included), subscription refusals that stop the bridge, heartbeats and reconnects."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_exchanges import FakeCoinbase, FakeKraken, sample, sample_text
+from helpers import get_json, running_bridge, wait_for
+
+from sources import binance, coinbase, kraken
+from sources.bridge import BridgeSettings, ExchangeBridge
+from sources.coinbase import CoinbaseAdapter
+from sources.exchange import BridgeError, Malformed, Quote
+from sources.kraken import KrakenAdapter, decimal_text
+from tickhub.config import BRIDGE_SETTINGS
+
+
+def bridge_settings(url: str, symbols: tuple[str, ...], name: str, **kw: Any) -> BridgeSettings:
+    base: dict[str, Any] = {
+        "ws_url": url,
+        "symbols": symbols,
+        "name": name,
+        "stale_timeout": 5.0,
+        "connect_timeout": 2.0,
+        "close_timeout": 0.5,
+        "reconnect_min": 0.01,
+        "reconnect_max": 0.05,
+        "heartbeat": 0.5,
+    }
+    return BridgeSettings(**(base | kw))
+
+
+def coinbase_bridge(fake: FakeCoinbase, symbols: tuple[str, ...] = ("BTC-USD", "ETH-USD"), **kw: Any) -> ExchangeBridge:
+    return ExchangeBridge(
+        CoinbaseAdapter(fake.ws_url, symbols), bridge_settings(fake.ws_url, symbols, "coinbase", **kw)
+    )
+
+
+def kraken_bridge(fake: FakeKraken, symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD"), **kw: Any) -> ExchangeBridge:
+    return ExchangeBridge(KrakenAdapter(fake.ws_url, symbols), bridge_settings(fake.ws_url, symbols, "kraken", **kw))
+
+
+# --- Coinbase ---------------------------------------------------------------------------------------
+
+
+def test_coinbase_ticker_becomes_a_quote_and_acks_and_heartbeats_carry_none() -> None:
+    adapter = CoinbaseAdapter("wss://x", ["ETH-USD"])
+    assert adapter.decode(sample_text("coinbase_ticker")) == [
+        Quote("COINBASE:ETH-USD", "1285.22", "2022-10-19T23:28:22.061769Z")
+    ]
+    assert adapter.decode(sample_text("coinbase_subscriptions")) == []
+    assert adapter.decode(sample_text("coinbase_heartbeat")) == []
+    with pytest.raises(BridgeError, match="BTC-XYZ is not a valid product"):
+        adapter.decode(sample_text("coinbase_error"))
+    with pytest.raises(Malformed):
+        adapter.decode('{"type": "ticker", "product_id": "ETH-USD", "price": "1.0", "time": "yesterday"}')
+
+
+async def test_coinbase_subscribes_to_ticker_and_heartbeat_and_publishes_exact_prices() -> None:
+    async with FakeCoinbase() as fake, running_bridge(coinbase_bridge(fake)) as bridge:
+        conn = await fake.connection(0)
+        await wait_for(lambda: conn.received, what="the subscribe message")
+        await conn.send(sample("coinbase_heartbeat"))
+        await conn.send(fake.ticker("BTC-USD", "91234.50"))
+        await conn.send("{oops")
+        await conn.send(fake.ticker("ETH-USD", "3012.10"))
+        await wait_for(lambda: bridge.bridge.published == 2, what="two tickers")
+        _, health = await get_json(f"{bridge.base}/health")
+    assert conn.messages == [
+        {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channels": ["heartbeat", "ticker"]}
+    ]
+    assert {q.symbol: q.price for q in bridge.bridge.latest.values()} == {
+        "COINBASE:BTC-USD": "91234.50",
+        "COINBASE:ETH-USD": "3012.10",
+    }
+    assert health["malformed"] == {"bad_json": 1} and health["venue"] == "COINBASE"
+
+
+async def test_coinbase_refusing_a_product_stops_the_bridge_with_its_reason() -> None:
+    async with FakeCoinbase() as fake, running_bridge(coinbase_bridge(fake, ("BTC-USD", "BTC-XYZ"))) as bridge:
+        await wait_for(bridge.bridge.failed.is_set, what="the refusal")
+        status, health = await get_json(f"{bridge.base}/health")
+    assert (
+        str(bridge.bridge.error)
+        == "Coinbase refused the subscription, Failed to subscribe: BTC-XYZ is not a valid product"
+    )
+    assert status == 503 and health["status"] == "failed"
+
+
+async def test_coinbase_reconnects_after_an_abrupt_close_and_subscribes_again() -> None:
+    async with FakeCoinbase() as fake, running_bridge(coinbase_bridge(fake)) as bridge:
+        first = await fake.connection(0)
+        await wait_for(lambda: first.received, what="the first subscribe")
+        first.abort()
+        second = await fake.connection(1)
+        await wait_for(lambda: second.received, what="the second subscribe")
+        await second.send(fake.ticker("BTC-USD", "91000.00"))
+        await wait_for(lambda: bridge.bridge.published == 1, what="a ticker after the reconnect")
+    assert first.messages == second.messages
+
+
+# --- Kraken -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "exact"),
+    [("26394.10", "26394.10"), ("26394", "26394"), ("1.5e-05", "0.000015"), ("26394.123456789012345", None)],
+)
+def test_kraken_numbers_keep_their_exact_decimal_text(text: str, exact: str | None) -> None:
+    assert decimal_text(text) == (exact or text)
+    [quote] = KrakenAdapter("wss://x", ["BTC/USD"]).decode(FakeKraken.ticker_update("BTC/USD", text))
+    assert quote.price == (exact or text)
+
+
+def test_kraken_snapshot_update_and_control_messages() -> None:
+    adapter = KrakenAdapter("wss://x", ["BTC/USD"])
+    assert adapter.decode(sample_text("kraken_ticker_snapshot")) == [
+        Quote("KRAKEN:BTC-USD", "26394.10", "2023-09-25T09:04:31.742599Z")
+    ]
+    assert adapter.decode(sample_text("kraken_ticker_update"))[0].price == "26394.123456789012345"
+    for control in ("kraken_status", "kraken_subscribe_ack", "kraken_heartbeat"):
+        assert adapter.decode(sample_text(control)) == []
+    with pytest.raises(BridgeError, match="BTC/XYZ: Currency pair not supported"):
+        adapter.decode(sample_text("kraken_subscribe_error"))
+
+
+async def test_kraken_subscribes_and_publishes_snapshot_then_updates_exactly() -> None:
+    async with FakeKraken() as fake, running_bridge(kraken_bridge(fake)) as bridge:
+        conn = await fake.connection(0)
+        await wait_for(lambda: bridge.bridge.published == 2, what="the two snapshots")
+        await conn.send(sample_text("kraken_heartbeat"))
+        await conn.send(FakeKraken.ticker_update("ETH/USD", "3012.50"))
+        await wait_for(lambda: bridge.bridge.published == 3, what="an update")
+    assert conn.messages == [{"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD", "ETH/USD"]}}]
+    assert {q.symbol: q.price for q in bridge.bridge.latest.values()} == {
+        "KRAKEN:BTC-USD": "26394.10",
+        "KRAKEN:ETH-USD": "3012.50",
+    }
+
+
+async def test_kraken_refusing_a_pair_stops_the_bridge_naming_it() -> None:
+    async with FakeKraken() as fake, running_bridge(kraken_bridge(fake, ("BTC/USD", "DOGE/XYZ"))) as bridge:
+        await wait_for(bridge.bridge.failed.is_set, what="the refusal")
+    assert "DOGE/XYZ" in str(bridge.bridge.error)
+
+
+async def test_kraken_heartbeats_keep_a_quiet_link_and_silence_reconnects_it() -> None:
+    async with FakeKraken() as fake, running_bridge(kraken_bridge(fake, stale_timeout=0.3)) as bridge:
+        first = await fake.connection(0)
+        await fake.connection(1)
+        assert first.closed.is_set() or await wait_for(first.closed.is_set, what="the stale link closed")
+        assert bridge.bridge.connections[0].reconnects["stale"] >= 1
+
+
+# --- command-line settings --------------------------------------------------------------------------
+
+
+def parse(module: Any, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_urls_come_from_the_flag_then_the_environment_then_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("TICKHUB_KRAKEN_WS_URL", raising=False)
+    assert kraken.build(parse(kraken)).adapter.ws_url == "wss://ws.kraken.com/v2"
+    monkeypatch.setenv("TICKHUB_KRAKEN_WS_URL", "ws://127.0.0.1:9/v2")
+    assert kraken.build(parse(kraken)).adapter.ws_url == "ws://127.0.0.1:9/v2"
+    assert kraken.build(parse(kraken, "--ws-url", "ws://h:1")).adapter.ws_url == "ws://h:1"
+    monkeypatch.delenv("TICKHUB_KRAKEN_WS_URL")
+    (tmp_path / ".env").write_text("TICKHUB_KRAKEN_WS_URL=ws://from-dotenv:2/v2\n")
+    assert kraken.build(parse(kraken)).adapter.ws_url == "ws://from-dotenv:2/v2"
+    monkeypatch.setenv("TICKHUB_COINBASE_WS_URL", "http://wrong")
+    with pytest.raises(ValueError, match=r"^TICKHUB_COINBASE_WS_URL='http://wrong' is invalid"):
+        coinbase.build(parse(coinbase))
+
+
+def test_native_pair_names_map_to_venue_qualified_hub_symbols() -> None:
+    bridge = kraken.build(parse(kraken, "--symbols", "btc/usd,ETH-USD"))
+    assert bridge.adapter.symbols == ("BTC/USD", "ETH/USD")
+    assert [bridge.adapter.hub_symbol(s) for s in bridge.adapter.symbols] == ["KRAKEN:BTC-USD", "KRAKEN:ETH-USD"]
+    with pytest.raises(ValueError, match="not valid pair names: BTC USD"):
+        coinbase.build(parse(coinbase, "--symbols", "BTC USD"))
+
+
+def test_bridge_url_settings_are_in_the_env_template_and_readme_with_the_bridges_defaults() -> None:
+    assert {name: default for name, default, _ in BRIDGE_SETTINGS} == {
+        "TICKHUB_BINANCE_WS_URL": binance.DEFAULT_WS_URL,
+        "TICKHUB_BINANCE_REST_URL": binance.DEFAULT_REST_URL,
+        "TICKHUB_COINBASE_WS_URL": coinbase.DEFAULT_WS_URL,
+        "TICKHUB_KRAKEN_WS_URL": kraken.DEFAULT_WS_URL,
+    }
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert [name for name, _, _ in BRIDGE_SETTINGS if f"`{name}`" not in readme] == []
+
+
+async def run_coinbase_process(fake: FakeCoinbase, symbols: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tickhub", "source", "coinbase", "--symbols", symbols, "--port", "0"),
+        *("--log-level", "warning"),
+        env=os.environ | {"TICKHUB_COINBASE_WS_URL": fake.ws_url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_a_bridge_process_refused_by_the_exchange_exits_2_with_one_line() -> None:
+    async with FakeCoinbase() as fake:
+        proc = await run_coinbase_process(fake, "BTC-USD,BTC-XYZ")
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    assert proc.returncode == 2
+    reason = "Coinbase refused the subscription, Failed to subscribe: BTC-XYZ is not a valid product"
+    assert err.decode().splitlines() == [f"tickhub source coinbase: {reason}"]
+
+
+async def test_a_bridge_process_stops_cleanly_on_sigterm() -> None:
+    async with FakeCoinbase() as fake:
+        proc = await run_coinbase_process(fake, "BTC-USD")
+        try:
+            conn = await fake.connection(0, timeout=30)
+            await wait_for(lambda: conn.received, what="the subscription")
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await wait_for(conn.closed.is_set, what="the WebSocket closed by the bridge")
+    assert proc.returncode == 0 and b"Traceback" not in err
