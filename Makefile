@@ -27,6 +27,15 @@ lint: install
 	$(BIN)/ruff check src sources bots tests benchmarks
 	$(BIN)/ruff format --check src sources bots tests benchmarks
 
+# The fault, restart and fuzz tests, three times over in shuffled orders, with longer variants
+# (more outages, random schemathesis seeds and 300 examples a route). Bounded: about 15 minutes.
+SOAK_TESTS := tests/test_faults.py tests/test_fuzz.py tests/test_restart.py tests/test_ingest.py tests/test_bots.py
+soak: install
+	@for round in 1 2 3; do \
+	  echo "== soak round $$round"; \
+	  TICKHUB_SOAK=1 $(BIN)/python -m pytest -q $(SOAK_TESTS) $(PYTEST_ARGS) || exit 1; \
+	done
+
 template: install  # regenerate .env_template and the README's settings table from src/tickhub/config.py
 	$(BIN)/tickhub settings > .env_template
 	$(BIN)/tickhub settings --readme README.md

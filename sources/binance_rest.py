@@ -131,7 +131,7 @@ class BinanceRest:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RestUnavailable(f"{path}: {type(exc).__name__}: {exc}") from None
         raw_weight = resp.headers.get(WEIGHT_HEADER, "")
-        if raw_weight.isdigit():
+        if raw_weight.isascii() and raw_weight.isdigit():
             self.used_weight = int(raw_weight)
         return resp.status, resp.headers, body
 

@@ -72,7 +72,7 @@ class SourceFeed:
 
     def start_seq(self, last_event_id: str | None) -> int:
         """The first seq to send a consumer that last saw ``last_event_id``."""
-        if last_event_id is None or not last_event_id.strip().isdigit():
+        if last_event_id is None or not (last_event_id.strip().isascii() and last_event_id.strip().isdigit()):
             return self.next_seq
         last = int(last_event_id)
         if last >= self.next_seq:

@@ -49,9 +49,11 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def bound_socket(port: int = 0) -> socket.socket:
+def bound_socket(port: int = 0, sndbuf: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:  # accepted connections inherit it: a small one makes a stalled client block soon
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", port))
     return sock
 
@@ -68,9 +70,9 @@ class RunningHub:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(settings: Settings, port: int = 0) -> AsyncIterator[RunningHub]:
+async def running_hub(settings: Settings, port: int = 0, sndbuf: int | None = None) -> AsyncIterator[RunningHub]:
     """A hub under uvicorn on a real socket in this loop; stopped (drained) on exit."""
-    sock = bound_socket(port)
+    sock = bound_socket(port, sndbuf)
     server = build_server(settings, log_level="warning")
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -244,12 +246,14 @@ async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every open connection mid-stream."""
+    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every open connection mid-stream,
+    ``block()`` also refuses new ones until ``unblock()`` (the target looks down)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
         self.connections = 0
+        self.blocked = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -270,7 +274,17 @@ class TcpProxy:
                 writer.transport.abort()
         self._writers.clear()
 
+    def block(self) -> None:
+        self.blocked = True
+        self.cut()
+
+    def unblock(self) -> None:
+        self.blocked = False
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
         self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -317,6 +331,26 @@ def spawn_mock_source(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def spawn_hub(settings: Settings, port: int, sources: str, **extra: str) -> subprocess.Popen[bytes]:
+    """The hub as its own process (for SIGKILL and SIGTERM tests) on ``settings``' database."""
+    env = {
+        **os.environ,
+        "TICKHUB_DATABASE_URL": settings.database_url or "",
+        "TICKHUB_DATABASE_SCHEMA": settings.database_schema,
+        "TICKHUB_PORT": str(port),
+        "TICKHUB_SOURCES": sources,
+        "TICKHUB_RECONNECT_MIN": "0.05",
+        "TICKHUB_RECONNECT_MAX": "0.5",
+        "TICKHUB_WRITER_FLUSH_INTERVAL": "0.005",
+        "TICKHUB_HEARTBEAT": "0.5",
+        "TICKHUB_LOG_LEVEL": "warning",
+        **{f"TICKHUB_{name.upper()}": value for name, value in extra.items()},
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "tickhub", "hub"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
 

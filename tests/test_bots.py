@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 from decimal import Decimal
 
 import aiohttp
 import pytest
-from helpers import free_port, port_open, running_hub, running_mock, stop_process, wait_for
+from helpers import free_port, port_open, running_hub, running_mock, spawn_hub, stop_process, wait_for
 
 from bots.runner import BotRunner
 from bots.strategies import hamster, investor
@@ -107,25 +108,11 @@ async def test_bot_trades_and_resumes_across_a_hub_restart(settings: Settings) -
 
 async def test_bot_handles_each_tick_once_when_the_hub_is_killed(settings: Settings) -> None:
     """After SIGKILL the hub may send ticks again with new ids; the bot keys on (source, seq)."""
-    import os
-    import subprocess
-    import sys
-
     port = free_port()
-    env = {
-        **os.environ,
-        "TICKHUB_DATABASE_URL": settings.database_url or "",
-        "TICKHUB_DATABASE_SCHEMA": settings.database_schema,
-        "TICKHUB_PORT": str(port),
-        "TICKHUB_LOG_LEVEL": "warning",
-        "TICKHUB_RECONNECT_MAX": "0.5",
-        "TICKHUB_HEARTBEAT": "0.5",
-    }
     async with running_mock(("BTCUSD",), interval=0.005) as source:
-        env["TICKHUB_SOURCES"] = f"mock={source.url}"
 
         def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen([sys.executable, "-m", "tickhub", "hub"], env=env, stderr=subprocess.DEVNULL)
+            return spawn_hub(settings, port, f"mock={source.url}")
 
         proc = spawn()
         try:

@@ -108,6 +108,7 @@ async def test_demo_streams_all_symbols_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         assert not alive(postmaster), "the embedded PostgreSQL was stopped"
         text = "".join(output)
         assert "demo: stopped" in text and "Traceback" not in text
+        assert "stopped with exit code" not in text, "every child stops cleanly on SIGTERM"
         assert "investor: final P&L" in text and "hamster: final P&L" in text
     finally:
         if demo.returncode is None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import asyncpg
 from helpers import (
@@ -14,6 +11,7 @@ from helpers import (
     port_open,
     running_hub,
     running_mock,
+    spawn_hub,
     stop_process,
     subscribe,
     wait_for,
@@ -54,30 +52,13 @@ async def test_graceful_restart_keeps_ids_increasing_and_resumes_everyone(settin
     assert [s for _, s in rows] == sorted({s for _, s in rows}), "PostgreSQL holds each seq once"
 
 
-def spawn_hub(settings: Settings, port: int, source_url: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TICKHUB_DATABASE_URL": settings.database_url or "",
-        "TICKHUB_DATABASE_SCHEMA": settings.database_schema,
-        "TICKHUB_PORT": str(port),
-        "TICKHUB_SOURCES": f"mock={source_url}",
-        "TICKHUB_RECONNECT_MIN": "0.05",
-        "TICKHUB_RECONNECT_MAX": "0.5",
-        "TICKHUB_WRITER_FLUSH_INTERVAL": "0.005",
-        "TICKHUB_LOG_LEVEL": "warning",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tickhub", "hub"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
 async def test_hub_killed_with_sigkill_restarts_with_higher_ids_and_no_gap(settings: Settings) -> None:
     """The promise after a crash: ids keep increasing; every (source, seq) a subscriber missed is
     delivered; ticks broadcast but not yet persisted before the crash are delivered again, with new
     ids and the same (source, seq), so a consumer that keys on (source, seq) sees each tick once."""
     port = free_port()
     async with running_mock(("BTCUSD",), interval=0.005) as source:
-        proc = spawn_hub(settings, port, source.url)
+        proc = spawn_hub(settings, port, f"mock={source.url}")
         try:
             url = f"http://127.0.0.1:{port}"
             await wait_for(lambda: proc.poll() is not None or port_open(port), 30, "the hub process")
@@ -85,7 +66,7 @@ async def test_hub_killed_with_sigkill_restarts_with_higher_ids_and_no_gap(setti
                 await stream.next_event("snapshot")
                 before = await stream.ticks(100)
                 stop_process(proc, signal.SIGKILL)
-            proc = spawn_hub(settings, port, source.url)
+            proc = spawn_hub(settings, port, f"mock={source.url}")
             await wait_for(lambda: proc.poll() is not None or port_open(port), 30, "the restarted hub")
             async with subscribe(url, last_event_id=before[-1]["id"]) as resumed:
                 after = await resumed.ticks(200)

@@ -142,6 +142,8 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     await proc.wait()
+                if proc.returncode != 0:
+                    print(f"demo: {child.name} stopped with exit code {proc.returncode}", flush=True)
             if child.pump is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2):

@@ -22,7 +22,7 @@ class ClientGone(Exception):
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object; 413 past ``max_bytes``, 400 if it is not a JSON object."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "too_large", f"request body above {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():

@@ -165,15 +165,11 @@ class SourceClient:
         self.backoff.reset()
 
     def _reject(self, reason: str, detail: str) -> None:
-        self.stats.rejects[reason] += 1
-        if self.stats.rejects[reason] in (1, 10, 100, 1000) or self.stats.rejects[reason] % 10000 == 0:
-            log.warning(
-                "source %s: rejected event (%s, %d so far): %s",
-                self.name,
-                reason,
-                self.stats.rejects[reason],
-                detail[:200],
-            )
+        count = self.stats.rejects[reason] = self.stats.rejects[reason] + 1
+        # The reason only: the event's content (prices included) stays out of logs at INFO and above.
+        if count in (1, 10, 100, 1000) or count % 10000 == 0:
+            log.warning("source %s: rejected an event (%s; %d so far)", self.name, reason, count)
+        log.debug("source %s: rejected event: %s", self.name, detail[:200])
 
 
 class Ingest:

@@ -46,7 +46,17 @@ SYMBOL_PATH = {
 }
 DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "description": "An exact decimal number."}
 TIME = {"type": "string", "format": "date-time"}
-TIME_PARAM = {"type": "string", "description": "ISO-8601 (UTC if no offset) or Unix seconds."}
+TIME_PARAM = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0, "maximum": 2e11}],
+    "description": "ISO-8601 (UTC if no offset) or Unix seconds.",
+}
+SYMBOL = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,39}$"}
+POSITIVE_DECIMAL = {
+    "type": "string",
+    "pattern": r"^(?!0*(\.0*)?$)[0-9]{1,13}(\.[0-9]{1,18})?$",
+    "description": "A positive decimal number, up to 18 decimal places.",
+}
+INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -140,9 +150,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["symbol", "side", "qty"],
         "additionalProperties": False,
         "properties": {
-            "symbol": {"type": "string"},
+            "symbol": SYMBOL,
             "side": {"type": "string", "enum": ["buy", "sell"]},
-            "qty": {"oneOf": [{"type": "number", "exclusiveMinimum": 0}, DECIMAL]},
+            "qty": {
+                "oneOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1e12, "multipleOf": 1e-18},
+                    POSITIVE_DECIMAL,
+                ]
+            },
         },
     },
     "Order": {
@@ -219,7 +234,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["num", "timeout"],
         "additionalProperties": False,
-        "properties": {"num": {"type": "integer"}, "timeout": {"type": "number", "minimum": 0}},
+        "properties": {
+            "num": INT64,
+            "timeout": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 3600,
+                "description": "Seconds, at most TICKHUB_TASK_TIMEOUT_MAX.",
+            },
+        },
     },
     "Task": {
         "type": "object",
@@ -375,7 +398,14 @@ def build_openapi() -> dict[str, Any]:
                 503,
                 tag="trading",
                 security=bearer,
-                parameters=[limit, _query("before", "Orders with a lower id than this.", {"type": "integer"})],
+                parameters=[
+                    limit,
+                    _query(
+                        "before",
+                        "Orders with a lower id than this.",
+                        {"type": "integer", "minimum": 1, "maximum": 2**62},
+                    ),
+                ],
             ),
         },
         "/accounts/me": {
@@ -414,7 +444,10 @@ def build_openapi() -> dict[str, Any]:
                 400,
                 503,
                 tag="work",
-                parameters=[limit, _query("offset", "Skip this many.", {"type": "integer", "minimum": 0})],
+                parameters=[
+                    limit,
+                    _query("offset", "Skip this many.", {"type": "integer", "minimum": 0, "maximum": 2**62}),
+                ],
             )
         },
         "/tasks/{task_id}": {

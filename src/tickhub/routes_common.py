@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,15 @@ def hub_of(request: Request) -> Hub:
     return request.app.state.hub
 
 
+UNIX_SECONDS = re.compile(r"^[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$")
+
+
 def parse_time(name: str, raw: str | None) -> datetime | None:
     """ISO-8601 (offset optional, UTC assumed) or Unix seconds; 400 naming the parameter otherwise."""
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
-        if raw.replace(".", "", 1).isdigit():
+        if UNIX_SECONDS.match(raw):
             return datetime.fromtimestamp(float(raw), UTC)
         value = datetime.fromisoformat(raw)
     except (ValueError, OverflowError, OSError):
@@ -31,8 +35,8 @@ def parse_time(name: str, raw: str | None) -> datetime | None:
 
 
 def parse_limit(raw: str | None, default: int, cap: int) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return min(default, cap)
-    if not raw.isdigit() or int(raw) <= 0:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
         raise ApiError(400, "bad_parameter", f"limit must be a positive integer, got {raw[:40]!r}")
     return min(int(raw), cap)

@@ -23,7 +23,7 @@ def parse_event_id(raw: str | None) -> int | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 19:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
         return None
     value = int(raw)
     return value if value < 1 << 63 else None

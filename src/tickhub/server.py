@@ -33,6 +33,9 @@ class HubServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._drain_soon()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals once it has shut down, which would end a hub that
+        # drained cleanly with "killed by SIGTERM"; a clean drain exits 0 instead.
+        self._captured_signals.clear()
 
     def request_stop(self) -> None:
         """Stop as a signal would (for embedding the server, and for tests)."""

@@ -93,7 +93,7 @@ class TaskQueue:
         self.running: int | None = None
         self.completed = 0
         self._wake = asyncio.Event()
-        self._backoff = Backoff(0.25, retry_max)
+        self._backoff = Backoff(min(0.25, retry_max), retry_max)
         self._task: asyncio.Task[None] | None = None
 
     # -- any replica ---------------------------------------------------------------------

@@ -99,7 +99,7 @@ async def list_orders(request: Request) -> Response:
     hub = hub_of(request)
     limit = parse_limit(request.query_params.get("limit"), 100, hub.settings.history_limit)
     before = request.query_params.get("before")
-    if before is not None and not (before.isdigit() and len(before) < 19):
+    if before is not None and not (before.isascii() and before.isdigit() and 0 < len(before) < 19 and int(before) > 0):
         raise ApiError(400, "bad_parameter", "before must be an order id")
     orders = await hub.accounts.orders(account_id, limit, int(before) if before else None)
     return JSONResponse({"orders": [o.as_dict() for o in orders]})
@@ -111,8 +111,12 @@ async def my_account(request: Request) -> Response:
     return JSONResponse(await hub.accounts.summary(account_id, hub.market.latest))
 
 
+async def orders(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in its Allow header."""
+    return await (place_order(request) if request.method == "POST" else list_orders(request))
+
+
 ROUTES = [
-    Route("/orders", place_order, methods=["POST"]),
-    Route("/orders", list_orders, methods=["GET"]),
+    Route("/orders", orders, methods=["GET", "POST"]),
     Route("/accounts/me", my_account),
 ]

@@ -126,7 +126,7 @@ def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceT
         raise TickRejected("missing_field", str(exc)) from None
     seq = obj.get("seq")
     if seq is None and event_id is not None:
-        seq = int(event_id) if event_id.isdigit() else None
+        seq = int(event_id) if event_id.isascii() and event_id.isdigit() else None
     if seq is None:
         raise TickRejected("missing_field", "'seq'")
     if type(seq) is not int or seq <= 0 or seq >= 1 << 63:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 INT64 = 1 << 63
+MAX_OFFSET = 1 << 62
 
 
 async def serial_test(request: Request) -> Response:
@@ -50,6 +51,8 @@ def _task_fields(body: dict[str, Any], timeout_max: float) -> tuple[int, float]:
     if "num" not in body or "timeout" not in body:
         raise ApiError(400, "missing_field", "num and timeout are required")
     num, timeout = body["num"], body["timeout"]
+    if type(num) is float and num.is_integer() and abs(num) <= 2**53:  # JSON has one number type: 96.0 is 96
+        num = int(num)
     if type(num) is not int or not -INT64 <= num < INT64:
         raise ApiError(400, "bad_field", "num must be a 64-bit integer")
     if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout < 0:
@@ -81,8 +84,8 @@ async def task_queue(request: Request) -> Response:
 async def task_results(request: Request) -> Response:
     hub = hub_of(request)
     limit = parse_limit(request.query_params.get("limit"), 1000, hub.settings.history_limit)
-    raw_offset = request.query_params.get("offset") or "0"
-    if not raw_offset.isdigit():
+    raw_offset = request.query_params.get("offset", "0")
+    if not (raw_offset.isascii() and raw_offset.isdigit()) or int(raw_offset) > MAX_OFFSET:
         raise ApiError(400, "bad_parameter", "offset must be a non-negative integer")
     tasks = await hub.tasks.results(limit, int(raw_offset))
     return JSONResponse(
