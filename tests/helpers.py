@@ -354,6 +354,100 @@ def spawn_hub(settings: Settings, port: int, sources: str, **extra: str) -> subp
     )
 
 
+def free_port_block(n: int) -> int:
+    """A base port such that base..base+n-1 are free right now (the demo uses consecutive ports)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (an exited daemon may wait a moment for init to reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class DemoRun:
+    """``tickhub demo`` as a process of its own: its output collected line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.output: list[str] = []
+        self.up = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.output.append(line.decode(errors="replace"))
+            if "demo market is up" in self.output[-1]:
+                self.up.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def descendants(self) -> list[Any]:
+        import psutil
+
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    async def interrupt(self, timeout: float = 30) -> int:
+        """Send what Ctrl-C sends (SIGINT) and wait for the exit code."""
+        self.process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(timeout):
+            code = await self.process.wait()
+            await self.reader
+        return code
+
+
+@contextlib.asynccontextmanager
+async def running_demo(*args: str, env: dict[str, str], cwd: Any, ready_timeout: float = 90) -> AsyncIterator[DemoRun]:
+    """Start ``tickhub demo ARGS``, wait for its banner; kill it on exit if the test did not stop it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tickhub",
+        "demo",
+        *args,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    demo = DemoRun(process)
+    try:
+        async with asyncio.timeout(ready_timeout):
+            await asyncio.wait(
+                (asyncio.ensure_future(demo.up.wait()), demo.reader), return_when=asyncio.FIRST_COMPLETED
+            )
+        assert demo.up.is_set(), demo.text[-3000:]
+        yield demo
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        demo.reader.cancel()
+
+
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -3,16 +3,11 @@ bridge and the hub start, exact Binance prices reach /stream, and Ctrl-C stops e
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import sys
 from pathlib import Path
 
-import psutil
 from fake_exchanges import FakeBinance
-from helpers import subscribe
-from test_demo import alive, free_port_block
+from helpers import alive, free_port_block, running_demo, subscribe
 
 from tickhub.config import Settings
 from tickhub.demo import demo_children
@@ -35,30 +30,9 @@ async def test_live_demo_streams_exact_binance_prices_and_stops_cleanly(settings
             "TICKHUB_DATABASE_SCHEMA": settings.database_schema,
             "TICKHUB_BINANCE_WS_URL": fake.ws_url,
             "TICKHUB_BINANCE_REST_URL": fake.http_url,
-            "PYTHONUNBUFFERED": "1",
         }
-        demo = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tickhub", "demo", "--live", "binance"),
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output: list[str] = []
-        up = asyncio.Event()
-
-        async def read_output() -> None:
-            assert demo.stdout is not None
-            async for line in demo.stdout:
-                output.append(line.decode(errors="replace"))
-                if "demo market is up" in output[-1]:
-                    up.set()
-
-        reader = asyncio.create_task(read_output())
-        try:
-            async with asyncio.timeout(60):
-                await up.wait()
-            descendants = psutil.Process(demo.pid).children(recursive=True)
+        async with running_demo("--live", "binance", env=env, cwd=tmp_path, ready_timeout=60) as demo:
+            descendants = demo.descendants()
             assert len(descendants) >= 2, "the bridge and the hub"
             conn = await fake.connection(0)
             assert conn.query == {"streams": "btcusdt@trade/ethusdt@trade"}
@@ -71,16 +45,7 @@ async def test_live_demo_streams_exact_binance_prices_and_stops_cleanly(settings
             assert {(t["source"], t["symbol"]) for t in seen} == {("binance", "BINANCE:BTCUSDT")}
             assert seen[-1]["price"] == "43299.99000000"
 
-            demo.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
-            async with asyncio.timeout(30):
-                code = await demo.wait()
-                await reader
-            assert code == 0, "".join(output[-30:])
+            code = await demo.interrupt()
+            assert code == 0, demo.text[-3000:]
             assert not [p for p in descendants if alive(p.pid)], "stray processes"
-            text = "".join(output)
-            assert "demo: stopped" in text and "Traceback" not in text
-        finally:
-            if demo.returncode is None:
-                demo.kill()
-                await demo.wait()
-            reader.cancel()
+            assert "demo: stopped" in demo.text and "Traceback" not in demo.text

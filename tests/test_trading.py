@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +22,18 @@ def tick_event(seq: int, symbol: str, price: str) -> bytes:
 
 
 PRICES = [tick_event(1, "BTCUSD", "43000.10"), tick_event(2, "META", "100.01")]
+
+
+@contextlib.asynccontextmanager
+async def priced_market(settings: Settings) -> AsyncIterator[tuple[Any, aiohttp.ClientSession]]:
+    """A hub fed with PRICES (BTCUSD 43000.10, META 100.01), once both prices are in, and a client session."""
+    async with (
+        scripted_source(PRICES) as (url, _),
+        running_hub(settings.replace(sources=(("v", url),))) as hub,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+        yield hub, session
 
 
 class Client:
@@ -56,11 +70,7 @@ async def test_keys_are_random_and_stored_only_as_hashes(settings: Settings) -> 
 
 
 async def test_requests_without_a_valid_key_are_refused(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
+    async with priced_market(settings) as (hub, session):
         key = (await open_accounts(hub.hub, ("alice", "10")))[0]
         revoked = await hub.hub.accounts.issue_key("alice")
         assert await hub.hub.accounts.revoke(split_key(revoked)[0])
@@ -76,12 +86,7 @@ async def test_requests_without_a_valid_key_are_refused(settings: Settings) -> N
 
 
 async def test_orders_fill_at_the_latest_price_with_exact_amounts(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+    async with priced_market(settings) as (hub, session):
         alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "10000")))[0])
         status, body, headers = await alice.order("btcusd", "buy", "0.1")
         assert status == 201
@@ -113,12 +118,7 @@ async def test_orders_fill_at_the_latest_price_with_exact_amounts(settings: Sett
 
 
 async def test_a_refused_order_changes_nothing(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+    async with priced_market(settings) as (hub, session):
         alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "150")))[0])
         assert (await alice.order("META", "buy", 1))[0] == 201
         before = (await alice.call("GET", "/accounts/me"))[1]
@@ -154,12 +154,7 @@ async def test_a_refused_order_changes_nothing(settings: Settings) -> None:
 
 
 async def test_an_idempotency_key_fills_once(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+    async with priced_market(settings) as (hub, session):
         alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "1000")))[0])
         results = await asyncio.gather(*(alice.order("META", "buy", 1, **{"Idempotency-Key": "k-1"}) for _ in range(5)))
         assert sorted(status for status, _, _ in results) == [200, 200, 200, 200, 201]
@@ -173,12 +168,7 @@ async def test_an_idempotency_key_fills_once(settings: Settings) -> None:
 
 
 async def test_concurrent_orders_never_overdraw_an_account(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+    async with priced_market(settings) as (hub, session):
         alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "1000")))[0])
         results = await asyncio.gather(*(alice.order("META", "buy", 1) for _ in range(20)))
         statuses = sorted(status for status, _, _ in results)
@@ -191,12 +181,7 @@ async def test_concurrent_orders_never_overdraw_an_account(settings: Settings) -
 
 
 async def test_a_key_sees_and_trades_only_its_own_account(settings: Settings) -> None:
-    async with (
-        scripted_source(PRICES) as (url, _),
-        running_hub(settings.replace(sources=(("v", url),))) as hub,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_for(lambda: len(hub.hub.market.latest) == 2, what="prices")
+    async with priced_market(settings) as (hub, session):
         keys = await open_accounts(hub.hub, ("alice", "1000"), ("bob", "500"))
         alice, bob = (Client(session, hub.url, key) for key in keys)
         assert (await alice.order("META", "buy", 3))[0] == 201
