@@ -1,6 +1,6 @@
 """`tickhub demo` (what `make start` runs): embedded PostgreSQL, three mock sources, the hub and two
-bots; ticks of all three symbols on /stream, both bots' trades in the output; Ctrl-C stops every
-process and exits 0."""
+bots; ticks of all three symbols and the BTC-USD composite on /stream, both bots' trades in the
+output; Ctrl-C stops every process and exits 0."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import orjson
 import psutil
 from helpers import subscribe, wait_for
 
-SYMBOLS = {"BTCUSD", "TCSG", "META"}
+SYMBOLS = {"BTCUSD", "TCSG", "META", "BTC-USD"}  # BTC-USD: the composite of BTCUSD (the built-in map)
 
 
 def free_port_block(n: int) -> int:

@@ -65,6 +65,7 @@ def spawn_hub(settings: Settings, port: int, source_url: str) -> subprocess.Pope
         "TICKHUB_RECONNECT_MAX": "0.5",
         "TICKHUB_WRITER_FLUSH_INTERVAL": "0.005",
         "TICKHUB_LOG_LEVEL": "warning",
+        "TICKHUB_INSTRUMENTS": "none",  # the test counts the mock's ticks alone
     }
     return subprocess.Popen(
         [sys.executable, "-m", "tickhub", "hub"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
