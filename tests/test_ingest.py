@@ -70,7 +70,13 @@ async def test_malformed_events_are_counted_and_skipped_while_the_stream_goes_on
     source = health["sources"]["scripted"]
     assert source["accepted"] == 3
     assert source["rejects"] == {
-        "bad_json": 1, "missing_field": 1, "bad_price": 3, "bad_symbol": 1, "oversized": 1, "seq_backwards": 1}
+        "bad_json": 1,
+        "missing_field": 1,
+        "bad_price": 3,
+        "bad_symbol": 1,
+        "oversized": 1,
+        "seq_backwards": 1,
+    }
     assert source["duplicates"] == 0
     assert source["ignored"] == 1
     rows = await persisted(settings, "scripted")
