@@ -289,3 +289,10 @@ def test_settings_name_the_instruments_file_and_reserve_the_composite_source(tmp
         Settings.from_env(environ={"TICKHUB_COMPOSITE_MAX_DEVIATION": "nan"}, env_file=None)
     with pytest.raises(ValueError, match="reserved"):
         parse_sources("composite=http://127.0.0.1:1/stream")
+
+
+def test_composite_timestamps_match_format_ts_across_second_boundaries() -> None:
+    b, _ = book()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for us in (0, 1_795_460_400_123_456, 1_795_460_400_999_999, 1_795_460_401_000_000, 951_782_400_000_001):
+        assert b._ts(us) == format_ts(epoch + timedelta(microseconds=us))

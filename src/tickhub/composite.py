@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 from typing import Any, NamedTuple
@@ -84,14 +84,6 @@ class Evaluation(NamedTuple):
     reason: str | None
 
 
-def median(values: Sequence[Decimal]) -> Decimal:
-    """The median of sorted ``values``: the middle one, or the exact mean of the middle two."""
-    n = len(values)
-    if n % 2:
-        return values[n // 2]
-    return EXACT.divide(EXACT.add(values[n // 2 - 1], values[n // 2]), 2)
-
-
 def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviation: Decimal) -> Evaluation:
     """The composite of ``venues`` at Unix time ``now`` (see the module's docstring)."""
     fresh: list[VenuePrice] = []
@@ -100,25 +92,38 @@ def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviat
         (fresh if now - venue.seen_at <= window else stale).append(venue)
     if not fresh:
         return Evaluation(None, [], [], stale, "all_stale" if stale else "no_data")
+    if len(fresh) == 1:  # its own median: nothing to compare or compute
+        return Evaluation(fresh[0].price, fresh, [], stale, None)
+    ranked = sorted(fresh, key=_value)
     with localcontext(EXACT):
-        middle = median(sorted(v.value for v in fresh))
+        middle = _median(ranked)
         limit = max_deviation * middle  # |p - m| / m > d% is |p - m| * 100 > d * m: no division, exact
-        used = [v for v in fresh if abs(v.value - middle) * 100 <= limit]
-    excluded = [v for v in fresh if v not in used] if len(used) < len(fresh) else []
-    if not used:
-        return Evaluation(None, [], excluded, stale, "all_outliers")
-    return Evaluation(_median_text(used), used, excluded, stale, None)
-
-
-def _median_text(venues: list[VenuePrice]) -> str:
-    ranked = sorted(venues, key=lambda v: v.value)
+        excluded = [v for v in fresh if abs(v.value - middle) * 100 > limit]
+        if excluded:
+            fresh = [v for v in fresh if v not in excluded]
+            if not fresh:
+                return Evaluation(None, [], excluded, stale, "all_outliers")
+            ranked = [v for v in ranked if v not in excluded]
+            middle = _median(ranked)
     n = len(ranked)
     if n % 2:
-        return ranked[n // 2].price  # exactly as the venue sent it
-    mean = median([ranked[n // 2 - 1].value, ranked[n // 2].value])
-    if mean.as_tuple().exponent < -18:  # type: ignore[operator]
-        mean = mean.quantize(PLACES, rounding=ROUND_HALF_EVEN)
-    return format(mean, "f")
+        price = ranked[n // 2].price  # exactly as the venue sent it
+    else:
+        if middle.as_tuple().exponent < -18:  # type: ignore[operator]
+            middle = middle.quantize(PLACES, rounding=ROUND_HALF_EVEN)
+        price = format(middle, "f")
+    return Evaluation(price, fresh, excluded, stale, None)
+
+
+def _value(venue: VenuePrice) -> Decimal:
+    return venue.value
+
+
+def _median(ranked: list[VenuePrice]) -> Decimal:
+    n = len(ranked)
+    if n % 2:
+        return ranked[n // 2].value
+    return EXACT.divide(EXACT.add(ranked[n // 2 - 1].value, ranked[n // 2].value), 2)
 
 
 class InstrumentBook:
@@ -173,6 +178,8 @@ class CompositeBook:
         self._publish = publish
         #: The newest composite seq issued (at start: the newest persisted).
         self.last_seq = last_seq
+        self._ts_second = -1
+        self._ts_prefix = ""
 
     def seed(self, ticks: Iterable[Tick]) -> None:
         """Take the latest persisted venue prices after a restart (their age is their source time's)."""
@@ -205,7 +212,15 @@ class CompositeBook:
         book.published += 1
         book.last_price = result.price
         extra = {"venues": [v.wire() for v in result.used]}
-        self._publish(SourceTick(book.instrument.name, result.price, at, format_ts(at), seq, extra))
+        self._publish(SourceTick(book.instrument.name, result.price, at, self._ts(now_us), seq, extra))
+
+    def _ts(self, now_us: int) -> str:
+        """``format_ts`` of a Unix time in µs; the part up to the second is made once a second."""
+        second, micros = divmod(now_us, 1_000_000)
+        if second != self._ts_second:
+            self._ts_second = second
+            self._ts_prefix = format_ts(EPOCH + timedelta(seconds=second))[:19]
+        return f"{self._ts_prefix}.{micros:06d}Z"
 
     def evaluate_all(self, now: float | None = None) -> list[tuple[InstrumentBook, Evaluation]]:
         """Each instrument as a computation at ``now`` (default: the current time) would see it."""
