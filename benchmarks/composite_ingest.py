@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 import asyncpg
 
@@ -111,6 +112,7 @@ async def one_round(args: argparse.Namespace, composite: bool) -> Round:
             database_schema=schema,
             sources=tuple((f"mock{i}", f"http://127.0.0.1:{port}/stream") for i, port in enumerate(ports)),
             instruments="" if composite else "none",
+            composite_max_deviation=Decimal(args.max_deviation),
             log_level="warning",
         )
         hub = Hub(settings)
@@ -173,6 +175,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ticks", type=int, default=100_000, help="ticks per mock source (default %(default)s)")
     parser.add_argument("--sources", type=int, default=1, help="mock sources, each a venue (default %(default)s)")
     parser.add_argument("--symbols", default="BTCUSD", help="symbols of every mock (default %(default)s)")
+    parser.add_argument(
+        "--max-deviation",
+        default="100",
+        help="TICKHUB_COMPOSITE_MAX_DEVIATION; the default keeps drifting random walks from being outliers",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of off and on (default %(default)s)")
     parser.add_argument(
         "--database-url", default=os.environ.get("TICKHUB_DATABASE_URL") or DEFAULT_URL, help="PostgreSQL DSN"

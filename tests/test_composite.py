@@ -130,7 +130,7 @@ def feed(b: CompositeBook, t: Tick) -> None:
         b.on_tick(t, routes)
 
 
-def test_each_venue_tick_publishes_the_composite_with_its_venues() -> None:
+def test_a_venue_tick_publishes_the_composite_with_its_venues_when_it_changes() -> None:
     b, published = book()
     feed(b, tick("mock-a", "BTCUSD", "43000.00"))
     feed(b, tick("binance", "BINANCE:BTCUSDT", "43001.00000000"))
@@ -158,14 +158,20 @@ def test_each_venue_tick_publishes_the_composite_with_its_venues() -> None:
     assert abs(first.time.timestamp() - time.time()) < 5 and first.ts == format_ts(first.time)
     feed(b, tick("elsewhere", "BINANCE:BTCUSDT", "1.00"))  # the entry names source binance
     feed(b, tick("composite", "BTCUSD", "1.00"))  # a composite never feeds a composite
+    feed(b, tick("mock-b", "BTCUSD", "43000.50"))  # the same price from the same venues
     assert len(published) == 3 and b.books["BTC-USD"].published == 3
+    assert b.books["BTC-USD"].skipped == {"unchanged": 1}
+    feed(b, tick("mock-a", "BTCUSD", "42999.00"))  # a new price of a venue off the middle, same median
+    assert len(published) == 3
+    feed(b, tick("mock-a", "BTCUSD", "43000.75"))
+    assert published[-1].price == "43000.75"
 
 
 def test_seq_stays_above_the_last_persisted_even_with_the_clock_behind() -> None:
     ahead = time.time_ns() // 1000 + 10**9
     b, published = book(last_seq=ahead)
     for n in range(3):
-        feed(b, tick("m", "BTCUSD", "100.00", n=n))
+        feed(b, tick("m", "BTCUSD", f"100.0{n}", n=n))
     assert [p.seq for p in published] == [ahead + 1, ahead + 2, ahead + 3]
 
 
@@ -174,9 +180,9 @@ def test_outliers_are_counted_and_all_stale_publishes_nothing_and_health_says_wh
     feed(b, tick("a", "BTCUSD", "100.00"))
     feed(b, tick("b", "BTCUSD", "100.10"))
     feed(b, tick("c", "BTCUSD", "150.00"))
-    assert [p.price for p in published] == ["100.00", "100.05", "100.05"]
+    assert [p.price for p in published] == ["100.00", "100.05"], "c changes nothing: it is excluded"
     venues = {v.source: v for v in b.books["BTC-USD"].venues}
-    assert venues["c"].exclusions == 1
+    assert venues["c"].exclusions == 1 and b.books["BTC-USD"].skipped == {"unchanged": 1}
     health = b.health()["BTC-USD"]
     assert health["status"] == "ok" and [v["source"] for v in health["excluded"]] == ["c"]
     report = b.report()[0]

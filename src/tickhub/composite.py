@@ -17,6 +17,7 @@ Every tick of a venue recomputes its instrument, in three steps (:func:`evaluate
    prices have 18 and the mean ends in a 5 at the 19th.
 
 No fresh venue, or every fresh venue excluded: nothing is published, and /health says why.
+Nor is a composite whose price and contributing venues are those of the last one published.
 A composite is published as a tick of the pseudo-source ``composite`` whose symbol is the
 instrument's name, with the contributing venues in an extra ``venues`` field. Its seq is the
 current time in microseconds, kept above the last one issued (and, via the hub, the last one
@@ -41,6 +42,7 @@ EXACT = Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, Divi
 PLACES = Decimal(1).scaleb(-18)  # a tick price has at most 18 decimal places
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REASONS = {
+    "unchanged": "the same price from the same venues as the last composite",
     "no_data": "no venue has sent a price yet",
     "all_stale": "every venue's price is older than the window",
     "all_outliers": "every fresh venue deviates from their median by more than the maximum deviation",
@@ -129,7 +131,7 @@ def _median(ranked: list[VenuePrice]) -> Decimal:
 class InstrumentBook:
     """One instrument: its venues (in source, symbol order) and what its composite did."""
 
-    __slots__ = ("_by_key", "instrument", "last_price", "published", "skipped", "venues")
+    __slots__ = ("_by_key", "instrument", "last_price", "last_used", "published", "skipped", "venues")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
@@ -138,6 +140,7 @@ class InstrumentBook:
         self.published = 0
         self.skipped: Counter[str] = Counter()  # computations that published nothing, by reason
         self.last_price: str | None = None
+        self.last_used: tuple[VenuePrice, ...] = ()  # the venues of the last composite published
 
     def venue(self, source: str, spec: VenueSpec) -> VenuePrice:
         venue = self._by_key.get((source, spec.symbol))
@@ -207,10 +210,14 @@ class CompositeBook:
         if result.price is None:
             book.skipped[result.reason or "no_data"] += 1
             return
+        used = tuple(result.used)
+        if result.price == book.last_price and used == book.last_used:
+            book.skipped["unchanged"] += 1  # same price from the same venues: nothing new to say
+            return
         seq = self.last_seq = max(now_us, self.last_seq + 1)
         at = EPOCH + timedelta(microseconds=now_us)
         book.published += 1
-        book.last_price = result.price
+        book.last_price, book.last_used = result.price, used
         extra = {"venues": [v.wire() for v in result.used]}
         self._publish(SourceTick(book.instrument.name, result.price, at, self._ts(now_us), seq, extra))
 

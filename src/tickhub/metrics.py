@@ -119,7 +119,7 @@ def _composite_metrics(hub: Hub) -> Iterator[Metric]:
     published = CounterMetricFamily("tickhub_composite_published", "Composite prices published.", labels=["instrument"])
     skipped = CounterMetricFamily(
         "tickhub_composite_skipped",
-        "Composite computations that published nothing (no fresh venue, or all outliers).",
+        "Composite computations that published nothing: unchanged, no fresh venue, or all outliers.",
         labels=["instrument", "reason"],
     )
     exclusions = CounterMetricFamily(
