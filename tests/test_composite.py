@@ -64,6 +64,8 @@ def test_a_mean_past_18_places_is_rounded_half_even_to_18() -> None:
     low, high = "1.000000000000000002", "1.000000000000000003"
     assert composite(venue("a", low), venue("b", high)).price == "1.000000000000000002"  # ...0025 → even 2
     assert PRICE_RE.match(composite(venue("a", low), venue("b", high)).price or "")
+    low, high = "123456789012345678901234.123456789012345671", "123456789012345678901234.123456789012345672"
+    assert composite(venue("a", low), venue("b", high)).price == high, "42 digits, still exact then half-even"
 
 
 def test_a_stale_venue_is_left_out() -> None:

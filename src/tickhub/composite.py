@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from .instruments import COMPOSITE_SOURCE, Instrument, VenueSpec
@@ -41,6 +42,7 @@ from .wire import SourceTick, Tick, format_ts
 EXACT = Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
 PLACES = Decimal(1).scaleb(-18)  # a tick price has at most 18 decimal places
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+BY_VALUE = attrgetter("value")
 REASONS = {
     "unchanged": "the same price from the same venues as the last composite",
     "no_data": "no venue has sent a price yet",
@@ -96,7 +98,7 @@ def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviat
         return Evaluation(None, [], [], stale, "all_stale" if stale else "no_data")
     if len(fresh) == 1:  # its own median: nothing to compare or compute
         return Evaluation(fresh[0].price, fresh, [], stale, None)
-    ranked = sorted(fresh, key=_value)
+    ranked = sorted(fresh, key=BY_VALUE)
     with localcontext(EXACT):
         middle = _median(ranked)
         limit = max_deviation * middle  # |p - m| / m > d% is |p - m| * 100 > d * m: no division, exact
@@ -107,18 +109,14 @@ def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviat
                 return Evaluation(None, [], excluded, stale, "all_outliers")
             ranked = [v for v in ranked if v not in excluded]
             middle = _median(ranked)
-    n = len(ranked)
-    if n % 2:
-        price = ranked[n // 2].price  # exactly as the venue sent it
+    if len(ranked) % 2:
+        price = ranked[len(ranked) // 2].price  # exactly as the venue sent it
     else:
-        if middle.as_tuple().exponent < -18:  # type: ignore[operator]
-            middle = middle.quantize(PLACES, rounding=ROUND_HALF_EVEN)
         price = format(middle, "f")
+        point = price.find(".")
+        if point >= 0 and len(price) - point > 19:  # more than 18 places: only a mean can have 19
+            price = format(middle.quantize(PLACES, rounding=ROUND_HALF_EVEN, context=EXACT), "f")
     return Evaluation(price, fresh, excluded, stale, None)
-
-
-def _value(venue: VenuePrice) -> Decimal:
-    return venue.value
 
 
 def _median(ranked: list[VenuePrice]) -> Decimal:
