@@ -100,7 +100,7 @@ def start_mock(name: str, port: int, symbols: str, limit: int, seed: int) -> sub
 
 
 async def one_round(args: argparse.Namespace, composite: bool) -> Round:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    schema = f"composite_bench_{uuid.uuid4().hex[:12]}"
     ports = [free_port() for _ in range(args.sources)]
     mocks = [start_mock(f"mock{i}", port, args.symbols, args.ticks, i) for i, port in enumerate(ports)]
     hub = None
