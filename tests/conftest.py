@@ -52,8 +52,11 @@ async def schema(database_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(database_url: str, schema: str) -> Settings:
-    """Hub settings for tests: this test's schema, port 0, short timers so nothing waits long."""
+    """Hub settings for tests: this test's schema, port 0, short timers so nothing waits long.
+    Composite prices are off (most tests count the ticks their sources send); tests/test_composite*
+    turn them on."""
     return Settings(
+        instruments="none",
         database_url=database_url,
         database_schema=schema,
         port=0,

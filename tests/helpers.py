@@ -347,6 +347,7 @@ def spawn_hub(settings: Settings, port: int, sources: str, **extra: str) -> subp
         "TICKHUB_WRITER_FLUSH_INTERVAL": "0.005",
         "TICKHUB_HEARTBEAT": "0.5",
         "TICKHUB_LOG_LEVEL": "warning",
+        "TICKHUB_INSTRUMENTS": "none",  # tests count the sources' own ticks
         **{f"TICKHUB_{name.upper()}": value for name, value in extra.items()},
     }
     return subprocess.Popen(

@@ -1,6 +1,6 @@
 """`tickhub demo` (what `make start` runs): embedded PostgreSQL, three mock sources, the hub and two
-bots; ticks of all three symbols on /stream, both bots' trades in the output; Ctrl-C stops every
-process and exits 0."""
+bots; ticks of all three symbols and the BTC-USD composite on /stream, both bots' trades in the
+output; Ctrl-C stops every process and exits 0."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from helpers import alive, free_port_block, running_demo, subscribe, wait_for
 
-SYMBOLS = {"BTCUSD", "TCSG", "META"}
+SYMBOLS = {"BTCUSD", "TCSG", "META", "BTC-USD"}  # BTC-USD: the composite of BTCUSD (the built-in map)
 
 
 async def test_demo_streams_all_symbols_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

@@ -118,3 +118,18 @@ async def test_hostile_symbols_are_just_data_to_the_queries(database_url: str, s
         assert len(await store.ticks_after(0, 1 << 62, None, 10)) == 3
     finally:
         await store.close()
+
+
+async def test_extra_fields_come_back_from_jsonb_as_the_same_bytes(database_url: str, schema: str) -> None:
+    store = await Store.open(database_url, schema)
+    try:
+        venues = [{"source": "kraken", "symbol": "KRAKEN:BTC-USD", "price": "43000.25", "ts": "2026-11-23T10:00:00Z"}]
+        composite = Tick(1_000_000_000_002, "composite", "BTC-USD", "43000.25", T0, 7, None, {"venues": venues})
+        await store.write_ticks([*make_ticks(1), composite])
+        replayed = await store.ticks_after(0, 1 << 62, None, 10)
+        assert [t.json for t in replayed] == [make_ticks(1)[0].json, composite.json]
+        assert {t.symbol: t.json for t in await store.latest()}["BTC-USD"] == composite.json
+        stored = await store.pool.fetchval("SELECT extra->'venues'->0->>'price' FROM ticks WHERE source = 'composite'")
+        assert stored == "43000.25", "queryable as jsonb"
+    finally:
+        await store.close()

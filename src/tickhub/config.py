@@ -11,11 +11,13 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from starlette.config import Config
 
+from .instruments import COMPOSITE_SOURCE, InstrumentsError, load_instruments
 from .wire import SOURCE_NAME_RE
 
 
@@ -62,6 +64,8 @@ def parse_sources(raw: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"expected name=url with a lower-case name, got {item!r}")
         if not re.match(r"^https?://[^\s/]+", url):
             raise ValueError(f"source {name!r}: url must start with http:// or https://, got {url!r}")
+        if name == COMPOSITE_SOURCE:
+            raise ValueError(f"{name!r} is reserved for the hub's composite prices")
         if any(name == seen for seen, _ in sources):
             raise ValueError(f"source name {name!r} given twice")
         sources.append((name, url))
@@ -97,6 +101,16 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 def _optional_str(raw: str) -> str | None:
     return raw or None
+
+
+def _percent(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value <= 0:
+        raise ValueError(f"must be a percentage above 0, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("test_wait_max", _positive(float), 300.0, "Longest a GET /test call waits for its turn (then 503)."),
     Setting("task_timeout_max", _non_negative(float), 3600.0, "Largest timeout a task may ask for, in seconds."),
     Setting("task_queue_max", _positive(int), 1000, "Most open (pending or running) tasks; more are refused with 503."),
+    Setting(
+        "instruments",
+        str,
+        "",
+        "TOML file of canonical instruments for composite prices; empty: the built-in map; none: no composites.",
+    ),
+    Setting(
+        "composite_window",
+        _positive(float),
+        10.0,
+        "Seconds a venue's price counts towards its instrument's composite.",
+    ),
+    Setting(
+        "composite_max_deviation",
+        _percent,
+        Decimal("1.0"),
+        "Percent a venue's price may deviate from the median of the fresh venues before it is excluded.",
+    ),
 )
 
 
@@ -246,6 +278,9 @@ class Settings:
     test_wait_max: float = 300.0
     task_timeout_max: float = 3600.0
     task_queue_max: int = 1000
+    instruments: str = ""
+    composite_window: float = 10.0
+    composite_max_deviation: Decimal = Decimal("1.0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -271,6 +306,10 @@ class Settings:
     def check(self) -> None:
         if self.reconnect_min > self.reconnect_max:
             raise SettingsError("TICKHUB_RECONNECT_MIN must not exceed TICKHUB_RECONNECT_MAX")
+        try:
+            load_instruments(self.instruments)
+        except InstrumentsError as exc:
+            raise SettingsError(f"TICKHUB_INSTRUMENTS={self.instruments!r} is invalid: {exc}") from None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -1,8 +1,9 @@
 """Hub: owns every long-lived part of one hub process, started and stopped in order.
 
-Start: store (pool, migrations) → run number → market from history → ring, fan-out, writer →
-ingest. Stop is the reverse: ingest first (no new ticks), then the streams (each subscriber gets
-everything ingested, then a clean end), then the writer's final flush, then the pool.
+Start: store (pool, migrations) → run number → market (and composite venues) from history →
+ring, fan-out, writer → composites → ingest. Stop is the reverse: ingest first (no new ticks),
+then the streams (each subscriber gets everything ingested, then a clean end), then the writer's
+final flush, then the pool.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from collections import Counter
 from typing import Any
 
 from .accounts import Accounts
+from .composite import CompositeBook, Route
 from .config import Settings
 from .fanout import Fanout
 from .gate import SerialGate
 from .ingest import Ingest
+from .instruments import COMPOSITE_SOURCE, load_instruments
 from .market import Market
 from .metrics import HubMetrics
 from .ring import TickRing
 from .sequencer import Sequencer
 from .store import Store
 from .tasks import TaskQueue
-from .wire import Tick, tick_frame
+from .wire import SourceTick, Tick, tick_frame
 from .writer import CopyWriter
 
 log = logging.getLogger("tickhub.hub")
@@ -50,14 +53,18 @@ class Hub:
         self.gate: SerialGate
         self.accounts: Accounts
         self.tasks: TaskQueue
+        self.composite: CompositeBook
+        self._composite_routes: dict[str, tuple[Route, ...]] = {}
 
     async def start(self) -> None:
         s = self.settings
+        instruments = load_instruments(s.instruments)
         self.store = await Store.open(s.database_url or "", s.database_schema, s.db_pool_size, s.db_timeout)
         try:
             run = await self.store.new_run()
-            last_seqs = await self.store.last_seqs(name for name, _ in s.sources)
-            self.market.load(await self.store.latest())
+            last_seqs = await self.store.last_seqs([name for name, _ in s.sources] + [COMPOSITE_SOURCE])
+            latest = await self.store.latest()
+            self.market.load(latest)
         except BaseException:
             await self.store.close()
             raise
@@ -80,6 +87,15 @@ class Hub:
             heartbeat=s.heartbeat,
         )
         self.sequencer = Sequencer(run, last_seqs, self._on_tick)
+        self.composite = CompositeBook(
+            instruments,
+            s.composite_window,
+            s.composite_max_deviation,
+            self._publish_composite,
+            last_seq=last_seqs[COMPOSITE_SOURCE],
+        )
+        self.composite.seed(latest)
+        self._composite_routes = self.composite.routes
         #: Every tick from this id on passes through the ring; older ones come from PostgreSQL.
         self.ring_floor_id = self.sequencer.next_id
         self.ingest = Ingest(
@@ -101,10 +117,18 @@ class Hub:
         log.info("hub run %d started with %d sources", run, len(s.sources))
 
     def _on_tick(self, tick: Tick) -> None:
-        """Where each sequenced tick goes: latest prices, the ring (and so every subscriber), the writer."""
+        """Where each sequenced tick goes: latest prices, the ring (and so every subscriber), the writer,
+        then the composite of each instrument its symbol prices (one dict lookup when none)."""
         self.market.update(tick)
         self.fanout.publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
         self.writer.add(tick)
+        routes = self._composite_routes.get(tick.symbol)
+        if routes is not None:
+            self.composite.on_tick(tick, routes)
+
+    def _publish_composite(self, tick: SourceTick) -> None:
+        """A new composite enters the stream like any source's tick: an id, then :meth:`_on_tick`."""
+        self.sequencer.accept(COMPOSITE_SOURCE, tick)
 
     def streams_opened(self, client: str) -> bool:
         """Count a new stream of ``client``; False (and not counted) past the per-client cap."""
@@ -164,6 +188,7 @@ class Hub:
                 "last_batch_ms": round(writer.last_batch_seconds * 1000, 3),
                 "persisted_id": str(writer.persisted_id) if writer.persisted_id else None,
             },
+            "composite": self.composite.health(),
             "tasks": {"worker": self.tasks.state, "running": self.tasks.running, "completed": self.tasks.completed},
             "test_lock": {"mode": self.gate.mode, "waiting": self.gate.waiting, "turns": self.gate.turns},
             "stream": {

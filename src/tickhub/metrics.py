@@ -112,3 +112,31 @@ class HubMetrics(Collector):
         yield CounterMetricFamily(
             "tickhub_tasks_completed", "Tasks this replica's worker completed.", value=hub.tasks.completed
         )
+        yield from _composite_metrics(hub)
+
+
+def _composite_metrics(hub: Hub) -> Iterator[Metric]:
+    published = CounterMetricFamily("tickhub_composite_published", "Composite prices published.", labels=["instrument"])
+    skipped = CounterMetricFamily(
+        "tickhub_composite_skipped",
+        "Composite computations that published nothing: unchanged, no fresh venue, or all outliers.",
+        labels=["instrument", "reason"],
+    )
+    exclusions = CounterMetricFamily(
+        "tickhub_composite_outlier_exclusions",
+        "Times a venue was left out of a composite as an outlier.",
+        labels=["instrument", "source", "symbol"],
+    )
+    venues = GaugeMetricFamily(
+        "tickhub_composite_venues", "Venues of an instrument by state right now.", labels=["instrument", "state"]
+    )
+    for book, result in hub.composite.evaluate_all():
+        name = book.instrument.name
+        published.add_metric([name], book.published)
+        for reason, value in book.skipped.items():
+            skipped.add_metric([name, reason], value)
+        for venue in book.venues:
+            exclusions.add_metric([name, venue.source, venue.symbol], venue.exclusions)
+        for state, members in (("fresh", result.used), ("excluded", result.excluded), ("stale", result.stale)):
+            venues.add_metric([name, state], len(members))
+    yield from (published, skipped, exclusions, venues)

@@ -80,6 +80,67 @@ SCHEMAS: dict[str, Any] = {
             "price": DECIMAL,
             "ts": {**TIME, "description": "Source time, UTC."},
             "seq": {"type": "integer", "description": "The source's own event number."},
+            "venues": {
+                "type": "array",
+                "description": "Composite ticks only (source `composite`): the venues whose prices made it.",
+                "items": _ref("VenueQuote"),
+            },
+        },
+    },
+    "VenueQuote": {
+        "type": "object",
+        "required": ["source", "symbol", "price", "ts"],
+        "properties": {"source": {"type": "string"}, "symbol": {"type": "string"}, "price": DECIMAL, "ts": TIME},
+    },
+    "Instruments": {
+        "type": "object",
+        "required": ["window_s", "max_deviation_pct", "instruments"],
+        "properties": {
+            "window_s": {"type": "number", "description": "How long a venue's price stays fresh, in seconds."},
+            "max_deviation_pct": {**DECIMAL, "description": "Deviation from the median that excludes a venue."},
+            "instruments": {"type": "array", "items": _ref("Instrument")},
+        },
+    },
+    "Instrument": {
+        "type": "object",
+        "required": ["name", "quote", "accept", "status", "price", "published", "map", "venues"],
+        "properties": {
+            "name": {"type": "string", "description": "The composite's symbol on the stream."},
+            "quote": {"type": "string"},
+            "accept": {"type": "array", "items": {"type": "string"}, "description": "Quotes counted as `quote`."},
+            "status": {"type": "string", "enum": ["ok", "no_data", "all_stale", "all_outliers"]},
+            "price": {"oneOf": [DECIMAL, {"type": "null"}], "description": "The composite computed now."},
+            "published": {"type": "integer"},
+            "last_price": {"oneOf": [DECIMAL, {"type": "null"}], "description": "The last one published."},
+            "map": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "symbol": {"type": "string"},
+                        "source": {"type": ["string", "null"], "description": "null: any source."},
+                        "quote": {"type": "string"},
+                    },
+                },
+            },
+            "venues": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "source": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "quote": {"type": "string"},
+                        "price": DECIMAL,
+                        "ts": TIME,
+                        "age_s": {"type": "number"},
+                        "state": {"type": "string", "enum": ["fresh", "excluded", "stale"]},
+                        "fresh": {"type": "boolean"},
+                        "excluded": {"type": "boolean", "description": "Fresh but an outlier right now."},
+                        "exclusions": {"type": "integer", "description": "Composites it was left out of."},
+                    },
+                },
+            },
         },
     },
     "Prices": {
@@ -143,6 +204,11 @@ SCHEMAS: dict[str, Any] = {
             "sources": {"type": "object", "additionalProperties": {"type": "object"}},
             "writer": {"type": "object"},
             "stream": {"type": "object"},
+            "composite": {
+                "type": "object",
+                "description": "Per instrument: ok or no_composite with the reason; venues fresh, excluded, stale.",
+                "additionalProperties": {"type": "object"},
+            },
         },
     },
     "OrderRequest": {
@@ -364,6 +430,13 @@ def build_openapi() -> dict[str, Any]:
                     _query("until", "To this time.", TIME_PARAM),
                     limit,
                 ],
+            )
+        },
+        "/instruments": {
+            "get": _path(
+                "Canonical instruments: the map, and each venue's freshness and exclusion",
+                {"200": _json(_ref("Instruments"), "Instruments.")},
+                tag="market",
             )
         },
         "/orders": {

@@ -67,6 +67,18 @@ async def price(request: Request) -> Response:
     return raw_json(hub_of(request).market.latest[_symbol(request)].json)
 
 
+async def instruments(request: Request) -> Response:
+    hub = hub_of(request)
+    settings = hub.settings
+    return JSONResponse(
+        {
+            "window_s": settings.composite_window,
+            "max_deviation_pct": str(settings.composite_max_deviation),
+            "instruments": hub.composite.report(),
+        }
+    )
+
+
 async def history(request: Request) -> Response:
     hub = hub_of(request)
     symbol = _symbol(request)
@@ -128,6 +140,7 @@ ROUTES = [
     Route("/prices/{symbol}", price),
     Route("/prices/{symbol}/history", history),
     Route("/prices/{symbol}/candles", candles),
+    Route("/instruments", instruments),
     *work.ROUTES,
     *trading.ROUTES,
     *pages.ROUTES,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import asyncpg
+import orjson
 import stamina
 
 from .wire import Tick
@@ -17,6 +18,8 @@ from .wire import Tick
 log = logging.getLogger("tickhub.store")
 
 TICK_COLUMNS = ("id", "source", "symbol", "price", "ts", "seq")
+#: What the writer stores: the common columns and ``extra`` (jsonb, NULL for ordinary ticks).
+STORED_COLUMNS = (*TICK_COLUMNS, "extra")
 #: Hub ids are ``run * RUN_SPAN + n``: ids grow across restarts without persisting every id.
 RUN_SPAN = 10**12
 
@@ -29,16 +32,18 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
 )
 
-_SELECT_TICK = "SELECT id, source, symbol, price::text, ts, seq FROM ticks"
+_SELECT_TICK = "SELECT id, source, symbol, price::text, ts, seq, extra FROM ticks"
 
 SQL_NEW_RUN = "INSERT INTO hub_runs (host) VALUES ($1) RETURNING run"
 SQL_LAST_SEQ = "SELECT max(seq) FROM ticks WHERE source = $1"
-SQL_LATEST = "SELECT id, source, symbol, price::text, ts, seq FROM latest_ticks ORDER BY id"
+SQL_LATEST = "SELECT id, source, symbol, price::text, ts, seq, extra FROM latest_ticks ORDER BY id"
 SQL_UPSERT_LATEST = """
-INSERT INTO latest_ticks (symbol, source, id, price, ts, seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[])
+INSERT INTO latest_ticks (symbol, source, id, price, ts, seq, extra)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[], $7::jsonb[]
+)
 ON CONFLICT (symbol, source) DO UPDATE
-    SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq
+    SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq, extra = EXCLUDED.extra
     WHERE latest_ticks.id < EXCLUDED.id
 """
 SQL_STAGE = "CREATE TEMP TABLE ticks_staging (LIKE ticks) ON COMMIT DROP"
@@ -92,7 +97,12 @@ def unavailable_as_error() -> AsyncIterator[None]:
 
 
 def _tick(row: Sequence) -> Tick:
-    return Tick(row[0], row[1], row[2], row[3], row[4], row[5])
+    extra = row[6]
+    return Tick(row[0], row[1], row[2], row[3], row[4], row[5], None, None if extra is None else orjson.loads(extra))
+
+
+def _extra_text(tick: Tick) -> str | None:
+    return None if tick.extra is None else tick.extra.decode()
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -195,11 +205,16 @@ class Store:
 
     async def write_ticks(self, ticks: Sequence[Tick]) -> None:
         """Persist a batch in one transaction; ticks already stored (same source, seq) are skipped."""
-        records = [(t.id, t.source, t.symbol, t.price, t.time, t.seq) for t in ticks]
+        records = [(t.id, t.source, t.symbol, t.price, t.time, t.seq, _extra_text(t)) for t in ticks]
         latest: dict[tuple[str, str], Tick] = {}
         for t in ticks:
             latest[t.symbol, t.source] = t
-        columns = list(zip(*((t.symbol, t.source, t.id, t.price, t.time, t.seq) for t in latest.values()), strict=True))
+        columns = list(
+            zip(
+                *((t.symbol, t.source, t.id, t.price, t.time, t.seq, _extra_text(t)) for t in latest.values()),
+                strict=True,
+            )
+        )
         with unavailable_as_error():
             async with self.pool.acquire() as conn:
                 try:
@@ -207,13 +222,13 @@ class Store:
                     # and fall back to a staging merge only when a batch was partly stored before.
                     async with conn.transaction():
                         await conn.copy_records_to_table(
-                            "ticks", records=records, columns=TICK_COLUMNS, schema_name=self.schema
+                            "ticks", records=records, columns=STORED_COLUMNS, schema_name=self.schema
                         )
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
                 except asyncpg.UniqueViolationError:
                     async with conn.transaction():
                         await conn.execute(SQL_STAGE)
-                        await conn.copy_records_to_table("ticks_staging", records=records, columns=TICK_COLUMNS)
+                        await conn.copy_records_to_table("ticks_staging", records=records, columns=STORED_COLUMNS)
                         await conn.execute(SQL_MERGE_STAGED)
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
 

@@ -6,7 +6,7 @@ This module imports nothing else of tickhub, so sources, bots and the hub all bu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -19,6 +19,8 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:-]{0,39}$")
 PRICE_RE = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?$")
 #: Source names as given in ``TICKHUB_SOURCES``.
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+#: The fields every tick has, in their order on the wire.
+TICK_FIELDS = frozenset(("id", "source", "symbol", "price", "ts", "seq"))
 
 
 class TickRejected(ValueError):
@@ -35,12 +37,25 @@ class Tick:
     ``price`` is the exact decimal string the source sent; ``ts`` is the canonical ISO-8601 UTC
     string and ``time`` the same instant as a datetime (for PostgreSQL). ``json`` is the encoded
     tick, computed once and shared by every subscriber and by history replays.
+
+    ``extra`` holds fields beyond the six every tick has (a composite's contributing ``venues``):
+    they follow ``seq`` in the JSON, encoded with sorted keys at every depth. PostgreSQL's jsonb
+    reorders keys, so a canonical encoding is what makes a tick rebuilt from its row encode to the
+    same bytes as the live one. The attribute is that encoded object (or None).
     """
 
-    __slots__ = ("id", "json", "price", "seq", "source", "symbol", "time", "ts")
+    __slots__ = ("extra", "id", "json", "price", "seq", "source", "symbol", "time", "ts")
 
     def __init__(
-        self, id: int, source: str, symbol: str, price: str, time: datetime, seq: int, ts: str | None = None
+        self,
+        id: int,
+        source: str,
+        symbol: str,
+        price: str,
+        time: datetime,
+        seq: int,
+        ts: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = id
         self.source = source
@@ -59,6 +74,12 @@ class Tick:
                 "seq": seq,
             }
         )
+        self.extra: bytes | None = None
+        if extra:
+            if not TICK_FIELDS.isdisjoint(extra):
+                raise ValueError(f"extra fields may not replace {sorted(TICK_FIELDS & set(extra))}")
+            self.extra = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS)
+            self.json = self.json[:-1] + b"," + self.extra[1:]
 
     def as_dict(self) -> dict[str, Any]:
         return orjson.loads(self.json)
@@ -110,6 +131,8 @@ class SourceTick(NamedTuple):
     time: datetime
     ts: str
     seq: int
+    #: Fields beyond the common six (see :class:`Tick`); only the hub's own composites set them.
+    extra: Mapping[str, Any] | None = None
 
 
 def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceTick:

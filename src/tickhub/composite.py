@@ -1,0 +1,298 @@
+"""Composite prices: one price per canonical instrument from the latest prices of all its venues.
+
+Every tick of a venue recomputes its instrument, in three steps (:func:`evaluate`):
+
+1. Freshness. A venue's price is as old as the earlier of its source time and its arrival at the
+   hub, and counts while that age is at most the window. So an old tick replayed after a
+   reconnect is not taken for news, and a venue whose clock runs ahead still ages once it stops.
+2. Outliers. A fresh venue whose price deviates from the median of all fresh prices by more than
+   the maximum deviation (percent) is excluded, counted and shown in /health. The median of all
+   of them, not of the others: with three venues, each good venue's "others' median" sits halfway
+   to the outlier, so one bad price could exclude the two good ones. With two venues the median is
+   their mean, so two that disagree by more than twice the limit are both excluded: nothing says
+   which one is right.
+3. The composite is the median of what is left: the middle price as the venue sent it, or for an
+   even count the exact mean of the middle two. The mean is rounded (half-even) only when it has
+   more than the 18 decimal places a tick price may have, which happens only when both middle
+   prices have 18 and the mean ends in a 5 at the 19th.
+
+No fresh venue, or every fresh venue excluded: nothing is published, and /health says why.
+Nor is a composite whose price and contributing venues are those of the last one published.
+A composite is published as a tick of the pseudo-source ``composite`` whose symbol is the
+instrument's name, with the contributing venues in an extra ``venues`` field. Its seq is the
+current time in microseconds, kept above the last one issued (and, via the hub, the last one
+persisted), so it grows across restarts; unlike a source's seq it is not contiguous.
+Work per tick is O(venues of the instrument); a tick of an unmapped symbol never gets here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from .instruments import COMPOSITE_SOURCE, Instrument, VenueSpec
+from .wire import SourceTick, Tick, format_ts
+
+#: Wide enough that sums and halves of tick prices (at most 24 + 18 digits) are exact.
+EXACT = Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+PLACES = Decimal(1).scaleb(-18)  # a tick price has at most 18 decimal places
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+BY_VALUE = attrgetter("value")
+REASONS = {
+    "unchanged": "the same price from the same venues as the last composite",
+    "no_data": "no venue has sent a price yet",
+    "all_stale": "every venue's price is older than the window",
+    "all_outliers": "every fresh venue deviates from their median by more than the maximum deviation",
+}
+
+
+class VenuePrice:
+    """The latest price of one (source, symbol) pair feeding an instrument."""
+
+    __slots__ = ("exclusions", "price", "quote", "seen_at", "source", "symbol", "ts", "value")
+
+    def __init__(self, source: str, symbol: str, quote: str) -> None:
+        self.source = source
+        self.symbol = symbol
+        self.quote = quote
+        self.price = ""
+        self.value = Decimal(0)
+        self.ts = ""
+        self.seen_at = float("-inf")  # Unix seconds: the earlier of source time and arrival
+        self.exclusions = 0
+
+    def update(self, tick: Tick, now: float) -> None:
+        self.price = tick.price
+        self.value = Decimal(tick.price)
+        self.ts = tick.ts
+        self.seen_at = min(tick.time.timestamp(), now)
+
+    def wire(self) -> dict[str, str]:
+        """The venue as listed in a composite tick."""
+        return {"source": self.source, "symbol": self.symbol, "price": self.price, "ts": self.ts}
+
+
+class Evaluation(NamedTuple):
+    """One computation: the composite price (None: nothing to publish, see ``reason``) and the venues
+    it used, excluded as outliers, or found stale."""
+
+    price: str | None
+    used: list[VenuePrice]
+    excluded: list[VenuePrice]
+    stale: list[VenuePrice]
+    reason: str | None
+
+
+def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviation: Decimal) -> Evaluation:
+    """The composite of ``venues`` at Unix time ``now`` (see the module's docstring)."""
+    fresh: list[VenuePrice] = []
+    stale: list[VenuePrice] = []
+    for venue in venues:
+        (fresh if now - venue.seen_at <= window else stale).append(venue)
+    if not fresh:
+        return Evaluation(None, [], [], stale, "all_stale" if stale else "no_data")
+    if len(fresh) == 1:  # its own median: nothing to compare or compute
+        return Evaluation(fresh[0].price, fresh, [], stale, None)
+    ranked = sorted(fresh, key=BY_VALUE)
+    with localcontext(EXACT):
+        middle = _median(ranked)
+        limit = max_deviation * middle  # |p - m| / m > d% is |p - m| * 100 > d * m: no division, exact
+        excluded = [v for v in fresh if abs(v.value - middle) * 100 > limit]
+        if excluded:
+            fresh = [v for v in fresh if v not in excluded]
+            if not fresh:
+                return Evaluation(None, [], excluded, stale, "all_outliers")
+            ranked = [v for v in ranked if v not in excluded]
+            middle = _median(ranked)
+    if len(ranked) % 2:
+        price = ranked[len(ranked) // 2].price  # exactly as the venue sent it
+    else:
+        price = format(middle, "f")
+        point = price.find(".")
+        if point >= 0 and len(price) - point > 19:  # more than 18 places: only a mean can have 19
+            price = format(middle.quantize(PLACES, rounding=ROUND_HALF_EVEN, context=EXACT), "f")
+    return Evaluation(price, fresh, excluded, stale, None)
+
+
+def _median(ranked: list[VenuePrice]) -> Decimal:
+    n = len(ranked)
+    if n % 2:
+        return ranked[n // 2].value
+    return EXACT.divide(EXACT.add(ranked[n // 2 - 1].value, ranked[n // 2].value), 2)
+
+
+class InstrumentBook:
+    """One instrument: its venues (in source, symbol order) and what its composite did."""
+
+    __slots__ = ("_by_key", "instrument", "last_price", "last_used", "published", "skipped", "venues")
+
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.venues: list[VenuePrice] = []
+        self._by_key: dict[tuple[str, str], VenuePrice] = {}
+        self.published = 0
+        self.skipped: Counter[str] = Counter()  # computations that published nothing, by reason
+        self.last_price: str | None = None
+        self.last_used: tuple[VenuePrice, ...] = ()  # the venues of the last composite published
+
+    def venue(self, source: str, spec: VenueSpec) -> VenuePrice:
+        venue = self._by_key.get((source, spec.symbol))
+        if venue is None:  # once per (source, symbol): keep the list sorted for stable output
+            venue = self._by_key[source, spec.symbol] = VenuePrice(source, spec.symbol, spec.quote)
+            self.venues.append(venue)
+            self.venues.sort(key=lambda v: (v.source, v.symbol))
+        return venue
+
+
+#: A symbol's routes: each venue entry that names it, with its instrument.
+Route = tuple[VenueSpec, InstrumentBook]
+
+
+class CompositeBook:
+    """Every instrument's venue prices; publishes each new composite through ``publish``.
+
+    ``routes`` maps a symbol to its routes; the hub looks every tick's symbol up there once and
+    calls :meth:`on_tick` only on a hit.
+    """
+
+    def __init__(
+        self,
+        instruments: Iterable[Instrument],
+        window: float,
+        max_deviation: Decimal,
+        publish: Callable[[SourceTick], object],
+        last_seq: int = 0,
+    ) -> None:
+        self.books = {i.name: InstrumentBook(i) for i in instruments}
+        routes: dict[str, list[Route]] = {}
+        for book in self.books.values():
+            for spec in book.instrument.venues:
+                routes.setdefault(spec.symbol, []).append((spec, book))
+        self.routes: dict[str, tuple[Route, ...]] = {symbol: tuple(r) for symbol, r in routes.items()}
+        self.window = window
+        self.max_deviation = max_deviation
+        self._publish = publish
+        #: The newest composite seq issued (at start: the newest persisted).
+        self.last_seq = last_seq
+        self._ts_second = -1
+        self._ts_prefix = ""
+
+    def seed(self, ticks: Iterable[Tick]) -> None:
+        """Take the latest persisted venue prices after a restart (their age is their source time's)."""
+        now = time.time()
+        for tick in ticks:
+            for spec, book in self.routes.get(tick.symbol, ()):
+                if tick.source != COMPOSITE_SOURCE and spec.matches(tick.source):
+                    book.venue(tick.source, spec).update(tick, now)
+
+    def on_tick(self, tick: Tick, routes: tuple[Route, ...]) -> None:
+        """Recompute each instrument ``tick`` prices; ``routes`` are its symbol's."""
+        if tick.source == COMPOSITE_SOURCE:  # a composite never feeds a composite
+            return
+        now_us = time.time_ns() // 1000
+        now = now_us / 1e6
+        for spec, book in routes:
+            if spec.matches(tick.source):
+                book.venue(tick.source, spec).update(tick, now)
+                self._recompute(book, now, now_us)
+
+    def _recompute(self, book: InstrumentBook, now: float, now_us: int) -> None:
+        result = evaluate(book.venues, now, self.window, self.max_deviation)
+        for venue in result.excluded:
+            venue.exclusions += 1
+        if result.price is None:
+            book.skipped[result.reason or "no_data"] += 1
+            return
+        used = tuple(result.used)
+        if result.price == book.last_price and used == book.last_used:
+            book.skipped["unchanged"] += 1  # same price from the same venues: nothing new to say
+            return
+        seq = self.last_seq = max(now_us, self.last_seq + 1)
+        at = EPOCH + timedelta(microseconds=now_us)
+        book.published += 1
+        book.last_price, book.last_used = result.price, used
+        extra = {"venues": [v.wire() for v in result.used]}
+        self._publish(SourceTick(book.instrument.name, result.price, at, self._ts(now_us), seq, extra))
+
+    def _ts(self, now_us: int) -> str:
+        """``format_ts`` of a Unix time in µs; the part up to the second is made once a second."""
+        second, micros = divmod(now_us, 1_000_000)
+        if second != self._ts_second:
+            self._ts_second = second
+            self._ts_prefix = format_ts(EPOCH + timedelta(seconds=second))[:19]
+        return f"{self._ts_prefix}.{micros:06d}Z"
+
+    def evaluate_all(self, now: float | None = None) -> list[tuple[InstrumentBook, Evaluation]]:
+        """Each instrument as a computation at ``now`` (default: the current time) would see it."""
+        at = time.time() if now is None else now
+        return [(b, evaluate(b.venues, at, self.window, self.max_deviation)) for b in self.books.values()]
+
+    def report(self) -> list[dict[str, Any]]:
+        """GET /instruments: the map, and each venue's price, freshness and exclusion right now."""
+        now = time.time()
+        out = []
+        for book, result in self.evaluate_all(now):
+            instrument = book.instrument
+            out.append(
+                {
+                    "name": instrument.name,
+                    "quote": instrument.quote,
+                    "accept": list(instrument.accept),
+                    "status": "ok" if result.price is not None else result.reason,
+                    "price": result.price,
+                    "published": book.published,
+                    "last_price": book.last_price,
+                    "map": [{"symbol": s.symbol, "source": s.source, "quote": s.quote} for s in instrument.venues],
+                    "venues": [_venue_report(v, result, now) for v in book.venues],
+                }
+            )
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """Per instrument: whether a composite can be made now, and if not why; venues by state."""
+        now = time.time()
+        out = {}
+        for book, result in self.evaluate_all(now):
+            out[book.instrument.name] = {
+                "status": "ok" if result.price is not None else "no_composite",
+                "reason": None if result.reason is None else REASONS[result.reason],
+                "fresh": [_venue_brief(v, now) for v in result.used],
+                "excluded": [_venue_brief(v, now) for v in result.excluded],
+                "stale": [_venue_brief(v, now) for v in result.stale],
+                "published": book.published,
+                "skipped": dict(book.skipped),
+            }
+        return out
+
+
+def _state(venue: VenuePrice, result: Evaluation) -> str:
+    if venue in result.used:
+        return "fresh"
+    return "excluded" if venue in result.excluded else "stale"
+
+
+def _venue_brief(venue: VenuePrice, now: float) -> dict[str, Any]:
+    return {
+        "source": venue.source,
+        "symbol": venue.symbol,
+        "price": venue.price,
+        "age_s": round(now - venue.seen_at, 3),
+    }
+
+
+def _venue_report(venue: VenuePrice, result: Evaluation, now: float) -> dict[str, Any]:
+    state = _state(venue, result)
+    return {
+        **_venue_brief(venue, now),
+        "quote": venue.quote,
+        "ts": venue.ts,
+        "state": state,
+        "fresh": state != "stale",
+        "excluded": state == "excluded",
+        "exclusions": venue.exclusions,
+    }
