@@ -125,8 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def settings_table() -> str:
     rows = ["| setting | default | what it does |", "|---|---|---|"]
     for s in SETTINGS:
-        default = "" if s.default in (None, ()) else s.default
-        rows.append(f"| `{s.name}` | `{default}` | {s.help} |")
+        rows.append(f"| `{s.name}` | `{s.default_text}` | {s.help} |")
     return "\n".join(rows) + "\n"
 
 

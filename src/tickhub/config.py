@@ -99,6 +99,13 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+        raise ValueError(f"must be true or false, got {raw!r}")
+    return value in {"true", "1", "yes", "on"}
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -123,6 +130,18 @@ class Setting:
     @property
     def name(self) -> str:
         return "TICKHUB_" + self.field.upper()
+
+    @property
+    def default_text(self) -> str:
+        """The default as it is written in an environment variable."""
+        default = self.default
+        if default is None:
+            return ""
+        if isinstance(default, bool):
+            return "true" if default else "false"
+        if isinstance(default, tuple):
+            return ",".join("=".join(item) if isinstance(item, tuple) else item for item in default)
+        return str(default)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -208,6 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("test_wait_max", _positive(float), 300.0, "Longest a GET /test call waits for its turn (then 503)."),
     Setting("task_timeout_max", _non_negative(float), 3600.0, "Largest timeout a task may ask for, in seconds."),
     Setting("task_queue_max", _positive(int), 1000, "Most open (pending or running) tasks; more are refused with 503."),
+    Setting("task_worker", _bool, True, "Whether this replica may run the task worker (one runs per database)."),
     Setting(
         "instruments",
         str,
@@ -278,6 +298,7 @@ class Settings:
     test_wait_max: float = 300.0
     task_timeout_max: float = 3600.0
     task_queue_max: int = 1000
+    task_worker: bool = True
     instruments: str = ""
     composite_window: float = 10.0
     composite_max_deviation: Decimal = Decimal("1.0")
@@ -320,9 +341,7 @@ def env_template() -> str:
     lines = ["# tickhub settings: copy to .env and edit. Every name, its default and what it does."]
     for setting in SETTINGS:
         default = setting.default
-        if isinstance(default, tuple):
-            default = ",".join("=".join(item) if isinstance(item, tuple) else item for item in default)
-        lines += ["", f"# {setting.help}", f"{setting.name}={'' if default is None else default}"]
+        lines += ["", f"# {setting.help}", f"{setting.name}={setting.default_text}"]
     lines += ["", "# --- exchange bridges (tickhub source binance|coinbase|kraken) ---"]
     for name, default, help in BRIDGE_SETTINGS:
         lines += ["", f"# {help}", f"{name}={default}"]

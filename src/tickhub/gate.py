@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 from .store import Store, unavailable_as_error
@@ -28,6 +29,8 @@ class SerialGate:
         self._lock = asyncio.Lock()
         self.waiting = 0
         self.turns = 0  # how many holders the gate has had
+        #: (acquired, released) loop times of the latest turns, so tests can see they never overlap.
+        self.history: deque[tuple[float, float]] = deque(maxlen=1000)
 
     @contextlib.asynccontextmanager
     async def hold(self, wait_max: float) -> AsyncIterator[None]:
@@ -41,13 +44,25 @@ class SerialGate:
         self.turns += 1
         try:
             if self.mode == "local":
-                yield
+                async with self._turn():
+                    yield
                 return
             assert self.store is not None
             # The process lock above means one connection per replica waits here, not one per request.
             with unavailable_as_error():
                 async with self.store.pool.acquire() as conn, conn.transaction():
                     await conn.execute(SQL_XACT_LOCK, self.store.schema, timeout=wait_max)
-                    yield
+                    async with self._turn():
+                        yield
         finally:
             self._lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The critical section itself: recorded in ``history`` when it ends."""
+        loop = asyncio.get_running_loop()
+        acquired = loop.time()
+        try:
+            yield
+        finally:
+            self.history.append((acquired, loop.time()))

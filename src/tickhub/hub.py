@@ -113,7 +113,10 @@ class Hub:
         self.writer.start()
         self.fanout.start()
         self.ingest.start()
-        self.tasks.start()
+        if s.task_worker:
+            self.tasks.start()
+        else:
+            self.tasks.state = "off (TICKHUB_TASK_WORKER)"
         log.info("hub run %d started with %d sources", run, len(s.sources))
 
     def _on_tick(self, tick: Tick) -> None:
