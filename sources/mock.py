@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+from datetime import UTC, datetime
 
 from aiohttp import web
 
 from tickhub import aio
-from tickhub.wire import SYMBOL_RE
+from tickhub.wire import SYMBOL_RE, format_ts
 
 from .feed import SourceFeed, serve_until_signal, source_app
 
@@ -86,9 +87,10 @@ class MockMarket:
             else:
                 await feed.wait_for_room()
                 n = FAST_BATCH if self.limit is None else min(FAST_BATCH, self.limit - emitted)
+                ts = format_ts(datetime.now(UTC))  # one burst, one instant
                 for i in range(n):
                     symbol, walk = walks[i % len(walks)]
-                    feed.publish(symbol, walk.step())
+                    feed.publish(symbol, walk.step(), ts)
                 emitted += n
                 await asyncio.sleep(0)
 

@@ -133,3 +133,15 @@ async def test_extra_fields_come_back_from_jsonb_as_the_same_bytes(database_url:
         assert stored == "43000.25", "queryable as jsonb"
     finally:
         await store.close()
+
+
+async def test_text_copy_keeps_extra_json_with_escapes_byte_identical(database_url: str, schema: str) -> None:
+    store = await Store.open(database_url, schema)
+    try:
+        extra = {"venues": [{"note": 'back\\slash "quoted"\ttab\nline', "price": "1.5"}]}
+        tick = Tick(1_000_000_000_001, "s", "X", "1.5", T0, 1, None, extra)
+        await store.write_ticks([tick])
+        (back,) = await store.ticks_after(0, 1 << 62, None, 10)
+        assert back.json == tick.json
+    finally:
+        await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 import orjson
@@ -151,3 +152,56 @@ def test_tick_json_and_frame_round_trip_through_the_parser() -> None:
 def test_source_tick_json_is_accepted_by_the_hub_validation() -> None:
     data = source_tick_json("mock", "TCSG", "3000.25", "2026-11-23T10:00:00.000000Z", 9)
     assert parse_source_tick(data).price == "3000.25"
+
+
+def reference_parse(stream: bytes) -> list[tuple[str, str, str | None]]:
+    """A plain reading of the WHATWG rules, line by line, to hold the fast parser to."""
+    out, data, event, last_id = [], [], "", None
+    for line in stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")[:-1]:
+        if not line:
+            if data:
+                out.append((event or "message", "\n".join(data), last_id))
+            data, event = [], ""
+            continue
+        if line.startswith(b":"):
+            continue
+        name, _, value = line.decode().partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+    return out
+
+
+def random_stream(rng: random.Random) -> bytes:
+    parts = []
+    for _ in range(rng.randint(1, 60)):
+        kind = rng.random()
+        if kind < 0.6:
+            parts.append(b'id: %d\nevent: tick\ndata: {"p":"%d"}\n\n' % (rng.randint(1, 10**6), rng.randint(0, 99)))
+        elif kind < 0.7:
+            parts.append(b": ping\n\n")
+        elif kind < 0.8:
+            parts.append(b"data: line one\ndata: line two\n\n")
+        elif kind < 0.85:
+            parts.append(b"retry: 1500\n\n")
+        elif kind < 0.9:
+            parts.append(b"id: 7\r\nevent: other\r\ndata: crlf\r\n\r\n")
+        elif kind < 0.95:
+            parts.append(b"event: tick\ndata: no id\n\n")
+        else:
+            parts.append(b"id:5\nevent:tick\ndata:{}\n\n")
+    return b"".join(parts)
+
+
+def test_parser_matches_the_reference_for_any_chunking() -> None:
+    rng = random.Random(20261123)
+    for _ in range(300):
+        stream = random_stream(rng)
+        cuts = sorted(rng.sample(range(1, len(stream)), k=min(len(stream) - 1, rng.randint(0, 12))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        got = [(e.event, e.data, e.id) for e in feed_all(SSEParser(), *chunks)]
+        assert got == reference_parse(stream), chunks

@@ -19,7 +19,7 @@ import aiohttp
 
 from .backoff import Backoff
 from .sequencer import Sequencer
-from .wire import SSEParser, TickRejected, parse_source_tick
+from .wire import SourceTick, SSEParser, TickRejected, parse_source_tick
 
 log = logging.getLogger("tickhub.ingest")
 
@@ -33,7 +33,8 @@ class SourceStats:
         self.state = "starting"
         self.connected_at: float | None = None
         self.last_event_at: float | None = None
-        self.last_tick_lag: float | None = None
+        self.last_tick: SourceTick | None = None
+        self.last_tick_at: float | None = None
         self.accepted = 0
         self.duplicates = 0
         self.gaps = 0
@@ -41,6 +42,13 @@ class SourceStats:
         self.rejects: Counter[str] = Counter()
         self.connects = 0
         self.last_error: str | None = None
+
+    @property
+    def last_tick_lag(self) -> float | None:
+        """Seconds between the newest tick's source time and the chunk that brought it."""
+        if self.last_tick is None or self.last_tick_at is None:
+            return None
+        return self.last_tick_at - self.last_tick.time.timestamp()
 
     def as_dict(self, last_seq: int) -> dict[str, Any]:
         now = time.time()
@@ -91,6 +99,7 @@ class SourceClient:
         self.backoff = Backoff(reconnect_min, reconnect_max)
         self.max_line = max_line
         self._connection_max_seq = 0
+        self._last_seq = 0
 
     async def run(self) -> None:
         stats = self.stats
@@ -131,11 +140,15 @@ class SourceClient:
             log.info("source %s connected (resuming after seq %s)", self.name, last_seq or "-")
             parser = SSEParser(max_line=self.max_line)
             self._connection_max_seq = 0
+            self._last_seq = self.sequencer.last_seq(self.name)
             async for chunk in resp.content.iter_any():
                 stats.last_event_at = time.time()
-                oversized = parser.oversized
+                oversized, accepted = parser.oversized, stats.accepted
                 for event in parser.feed(chunk):
                     self._on_event(event.event, event.data, event.id)
+                if stats.accepted != accepted:
+                    stats.last_tick_at = stats.last_event_at
+                    self.backoff.reset()  # the feed works: a later failure starts from the shortest delay
                 if parser.oversized != oversized:
                     for _ in range(parser.oversized - oversized):
                         self._reject("oversized", f"an SSE line or event above {self.max_line} bytes")
@@ -150,19 +163,17 @@ class SourceClient:
         except TickRejected as exc:
             self._reject(exc.reason, str(exc))
             return
-        last = self.sequencer.last_seq(self.name)
         if self.sequencer.accept(self.name, tick) is None:
             if tick.seq < self._connection_max_seq:  # lower than one this connection already sent
                 self._reject("seq_backwards", f"seq {tick.seq} after {self._connection_max_seq}")
             else:  # a replay of what an earlier connection delivered
                 stats.duplicates += 1
             return
-        self._connection_max_seq = tick.seq
-        if last and tick.seq != last + 1:
+        if tick.seq != self._last_seq + 1 and self._last_seq:
             stats.gaps += 1
+        self._last_seq = self._connection_max_seq = tick.seq
         stats.accepted += 1
-        stats.last_tick_lag = stats.last_event_at - tick.time.timestamp()
-        self.backoff.reset()
+        stats.last_tick = tick  # its lag is worked out when someone asks, not per tick
 
     def _reject(self, reason: str, detail: str) -> None:
         count = self.stats.rejects[reason] = self.stats.rejects[reason] + 1
