@@ -222,3 +222,27 @@ async def test_close_finishes_every_stream() -> None:
     assert idle.finished and idle.sub.closed.result() == "shutdown"
     assert stalled.sub.closed.result() == "shutdown"
     assert fanout.count == 0
+
+
+async def test_a_flush_cut_into_slices_reaches_everyone_once_and_skips_who_left() -> None:
+    ring = TickRing(1024)
+    fanout = Fanout(ring, snapshot)  # not started: this test drives flush() itself
+    clients = [FakeClient() for _ in range(300)]
+    for c in clients:
+        fanout.attach(c.sub, 0)
+    fanout.publish(1, "A", frame(1))
+    assert fanout.flush(budget=0) is False, "a zero budget stops after the first slice"
+    assert fanout.count == 300, "subscribers waiting in the flush still count"
+    written = [c for c in clients if c.writes]
+    assert 0 < len(written) < 300
+    leaver = next(c for c in clients if not c.writes)
+    fanout.detach(leaver.sub)
+    fanout.publish(2, "A", frame(2))  # arrives between slices: the next flush carries it
+    while not fanout.flush(budget=0):
+        pass
+    assert leaver.writes == 0
+    assert all(c.tick_ids() == [1] for c in clients if c is not leaver)
+    assert fanout.flush() is True
+    assert all(c.tick_ids() == [1, 2] for c in clients if c is not leaver)
+    assert fanout.count == 299
+    await fanout.close()

@@ -67,6 +67,9 @@ async def test_cors_is_same_origin_unless_configured(settings: Settings) -> None
             assert response.status == 400 and "Access-Control-Allow-Origin" not in response.headers
         async with session.get(f"{hub.url}/prices", headers={"Origin": "https://dash.example"}) as response:
             assert response.headers["Access-Control-Allow-Origin"] == "https://dash.example"
+        async with session.get(f"{hub.url}/stream", headers={"Origin": "https://dash.example"}) as response:
+            assert response.status == 200, "a dashboard on another origin can follow the stream"
+            assert response.headers["Access-Control-Allow-Origin"] == "https://dash.example"
 
 
 HOSTILE = ["BTC'; DROP TABLE ticks;--", "META%' OR '1'='1", "x\\y", "☃", "A" * 300, "../../etc/passwd", "\u0000"]

@@ -62,3 +62,12 @@ EXCEPTION_HANDLERS = {
     StoreUnavailable: store_unavailable,
     Exception: internal_error,
 }
+
+
+async def response_for(request: Request, exc: Exception) -> Response:
+    """The response the app's exception handlers give ``exc`` (for code outside Starlette's routing)."""
+    for cls in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(cls)
+        if handler is not None:
+            return await handler(request, exc)
+    raise exc

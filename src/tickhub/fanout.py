@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,6 +27,9 @@ from .ring import TickRing
 from .wire import comment_frame, event_frame
 
 log = logging.getLogger("tickhub.fanout")
+
+#: Longest the flusher writes before it lets the event loop run other work, in seconds.
+FLUSH_SLICE = 0.002
 
 Write = Callable[[bytes], Coroutine[Any, Any, None]]
 Finish = Callable[[], Coroutine[Any, Any, None]]
@@ -35,7 +39,7 @@ SymbolFilter = frozenset[str] | None
 class Subscriber:
     """One open stream: how to write to it and where it stands."""
 
-    __slots__ = ("busy", "closed", "cursor", "finish", "overflows", "symbols", "write")
+    __slots__ = ("busy", "closed", "cursor", "detached", "finish", "overflows", "symbols", "write")
 
     def __init__(self, write: Write, finish: Finish, symbols: SymbolFilter) -> None:
         self.write = write
@@ -43,6 +47,7 @@ class Subscriber:
         self.symbols = symbols
         self.cursor = 0
         self.busy = False
+        self.detached = False
         self.overflows = 0
         #: Resolved with the reason when the hub ends this subscription.
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -75,6 +80,15 @@ def start_write(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     return _resume(coro, yielded)
 
 
+class _Batch(NamedTuple):
+    """A flush in progress: the subscribers still to write, what to write, and where they go next."""
+
+    subs: list[Subscriber]
+    data: bytes
+    target: set[Subscriber]
+    head: int
+
+
 class Fanout:
     """Owns the subscribers, the flusher task, the heartbeat task and the slow-subscriber tasks."""
 
@@ -96,6 +110,7 @@ class Fanout:
         # cursor -> symbol filter -> subscribers that are fully written up to that cursor
         self._idle: dict[int, dict[SymbolFilter, set[Subscriber]]] = {}
         self._busy: dict[Subscriber, asyncio.Task[None]] = {}
+        self._work: list[_Batch] = []  # a flush cut into slices, still to finish
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
@@ -115,7 +130,9 @@ class Fanout:
 
     @property
     def count(self) -> int:
-        return sum(len(s) for g in self._idle.values() for s in g.values()) + len(self._busy)
+        idle = sum(len(s) for g in self._idle.values() for s in g.values())
+        in_flush = sum(1 for w in self._work for sub in w.subs if not sub.detached)
+        return idle + in_flush + len(self._busy)
 
     @property
     def busy_count(self) -> int:
@@ -135,6 +152,7 @@ class Fanout:
 
     def detach(self, sub: Subscriber) -> None:
         """Forget ``sub`` (its client went away or its handler ended)."""
+        sub.detached = True  # skipped if a sliced flush still holds it
         task = self._busy.pop(sub, None)
         if task is not None:
             task.cancel()
@@ -226,8 +244,8 @@ class Fanout:
 
     # -- the flusher ------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write everything appended since the last flush to every idle subscriber."""
+    def _take_batch(self) -> None:
+        """Collect, for each group of idle subscribers, everything appended since their cursor."""
         ring = self.ring
         head = ring.head
         groups = self._idle
@@ -253,24 +271,49 @@ class Fanout:
                 self.deliveries += frames * len(subs)
                 self.writes += len(subs)
                 self.bytes_out += len(data) * len(subs)
-                for sub in subs:
-                    try:
-                        pending = start_write(sub.write(data))
-                    except Exception as exc:
-                        self._close(sub, f"write failed: {exc}")
-                        continue
-                    if pending is None:
-                        target.add(sub)
-                    else:
-                        sub.cursor = head
-                        sub.busy = True
-                        self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
+                self._work.append(_Batch(list(subs), data, target, head))
+
+    def flush(self, budget: float | None = None) -> bool:
+        """Write everything appended since the last flush to every idle subscriber.
+
+        With a ``budget`` (seconds) it stops after about that long and returns False: the caller
+        yields to the event loop and calls again, so a flush to thousands of subscribers never
+        holds up a REST request for long. Returns True once every subscriber is written.
+        """
+        if not self._work:
+            self._take_batch()
+        deadline = time.perf_counter() + budget if budget is not None else None
+        work = self._work
+        while work:
+            batch = work[-1]
+            subs, data, target, head = batch.subs, batch.data, batch.target, batch.head
+            while subs:
+                sub = subs.pop()
+                if sub.detached:
+                    continue
+                try:
+                    pending = start_write(sub.write(data))
+                except Exception as exc:
+                    self._close(sub, f"write failed: {exc}")
+                    continue
+                if pending is None:
+                    target.add(sub)
+                else:
+                    sub.cursor = head
+                    sub.busy = True
+                    self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
+                if deadline is not None and not len(subs) & 63 and time.perf_counter() > deadline:
+                    return False
+            work.pop()
+        return True
 
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self.flush()
+            # A bare yield between slices lets other work run; the wake-up is the event above.
+            while not self.flush(FLUSH_SLICE):  # noqa: ASYNC110
+                await asyncio.sleep(0)
 
     async def _heartbeat_loop(self) -> None:
         ping = comment_frame("ping")

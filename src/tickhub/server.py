@@ -7,9 +7,8 @@ import socket
 from types import FrameType
 
 import uvicorn
-from starlette.applications import Starlette
 
-from .app import create_app
+from .app import HubApp, create_app
 from .config import Settings
 
 
@@ -21,7 +20,7 @@ class HubServer(uvicorn.Server):
     asks the hub to drain, and the streams close within the graceful-shutdown timeout.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(self, config: uvicorn.Config, app: HubApp) -> None:
         super().__init__(config)
         self.app = app
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from .errors import ApiError
+from .errors import ApiError, response_for
 from .fanout import Subscriber, SymbolFilter, resync_frame
 from .sequencer import parse_event_id, run_of
 from .store import StoreUnavailable
@@ -201,3 +201,13 @@ async def stream_endpoint(request: Request) -> TickStreamResponse:
             {"Retry-After": "5"},
         )
     return TickStreamResponse(hub, symbols, last_event_id, client)
+
+
+async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /stream`` as a bare ASGI app (the fast lane of tickhub.app.HubApp)."""
+    request = Request(scope, receive)
+    try:
+        response = await stream_endpoint(request)
+    except Exception as exc:  # the same answers the routed path gives (400, 429, 503 ...)
+        response = await response_for(request, exc)
+    await response(scope, receive, send)
