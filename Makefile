@@ -27,6 +27,14 @@ lint: install
 	$(BIN)/ruff check src sources bots tests benchmarks
 	$(BIN)/ruff format --check src sources bots tests benchmarks
 
+# Benchmarks over loopback against the PostgreSQL of TICKHUB_DATABASE_URL (default: the test database).
+# Nothing here asserts a time; results go to BENCHMARKS.md (bench-quick: .tickhub/BENCHMARKS-quick.md).
+bench: install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
 # The fault, restart and fuzz tests, three times over in shuffled orders, with longer variants
 # (more outages, random schemathesis seeds and 300 examples a route). Bounded: about 15 minutes.
 SOAK_TESTS := tests/test_faults.py tests/test_fuzz.py tests/test_restart.py tests/test_ingest.py tests/test_bots.py

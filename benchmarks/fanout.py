@@ -1,0 +1,237 @@
+"""Fan-out scenarios: the publish-rate ramp, latency at a fixed load, slow consumers, REST under load."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+from dataclasses import dataclass
+
+from .common import CpuMeter, Latency, fresh_schema, progress
+from .rig import Fleet, Reading, Rig, Window, rig
+
+P99_LIMIT_MS = 100.0
+
+
+@dataclass
+class Step:
+    kind: str
+    subscribers: int
+    rate: float  # ticks/s asked of the publisher
+    published: float  # ticks/s the hub sequenced
+    delivered: float  # ticks/s the subscribers read, all of them together
+    latency: Latency
+    hub_cpu: float  # % of one core
+    client_cpu: float
+    writes: float  # reads/s on the subscriber side (each at least one write by the hub)
+
+    @property
+    def p50(self) -> float:
+        return self.latency.percentile(50)
+
+    @property
+    def p99(self) -> float:
+        return self.latency.percentile(99)
+
+    @property
+    def max(self) -> float:
+        return self.latency.highest_ms
+
+    @property
+    def kept_up(self) -> bool:
+        # Readings of the hub and of the fleet are not taken at the same instant: 10% slack.
+        return self.published > 0 and self.delivered >= 0.9 * min(self.published, self.rate) * self.subscribers
+
+    @property
+    def ok(self) -> bool:
+        return self.kept_up and self.p99 <= P99_LIMIT_MS
+
+
+async def last_id(the_rig: Rig) -> int:
+    health = await the_rig.health()
+    return int(health.get("last_id") or 0)
+
+
+async def measure(the_rig: Rig, fleet: Fleet, kind: str, n: int, rate: float, warmup: float, window: float) -> Step:
+    """Hold ``rate`` for ``warmup`` + ``window`` seconds; what the fleet saw in the window."""
+    await the_rig.set_rate(rate)
+    await asyncio.sleep(warmup)
+    hub, clients = the_rig.hub_meter(), CpuMeter(fleet.pids)
+    loop = asyncio.get_running_loop()
+    first_id, first_at = await last_id(the_rig), loop.time()
+    a = await asyncio.wait_for(fleet.next_report(), 10)
+    hub.restart()
+    clients.restart()
+    await asyncio.sleep(window)
+    b = await asyncio.wait_for(fleet.next_report(), 10)
+    hub_cpu, client_cpu = hub.percent(), clients.percent()
+    published = (await last_id(the_rig) - first_id) / (loop.time() - first_at)
+    w = Window.between(a, b)
+    step = Step(kind, n, rate, published, w.rate, w.latency, hub_cpu, client_cpu, w.writes / w.seconds)
+    progress(
+        f"  {kind:7s} N={n:<5d} {rate:8.0f} ticks/s -> {step.delivered:9.0f} deliveries/s  "
+        f"p50 {step.p50:6.2f} ms  p99 {step.p99:7.2f} ms  hub {hub_cpu:3.0f}%  clients {client_cpu:3.0f}%"
+    )
+    return step
+
+
+def client_processes(n: int) -> int:
+    return max(1, min(4, math.ceil(n / 250)))
+
+
+async def open_fleet(the_rig: Rig, n: int, *extra: str) -> tuple[Fleet, Reading]:
+    fleet = Fleet()
+    await fleet.start(the_rig.hub_port, n, client_processes(n), *extra)
+    reading = await fleet.wait_open(n, timeout=60 + n / 100)
+    return fleet, reading
+
+
+async def ramp(args, kind: str, n: int, targets: list[float]) -> list[Step]:
+    """Raise the publish rate step by step until p99 passes 100 ms or subscribers fall behind."""
+    progress(f"fan-out ramp: {kind}, {n} subscribers")
+    steps: list[Step] = []
+    async with fresh_schema(args.database_url, "bench_fanout") as schema, rig(kind, args.database_url, schema) as r:
+        fleet, _ = await open_fleet(r, n)
+        try:
+            for target in targets:
+                step = await measure(r, fleet, kind, n, target / n, args.warmup, args.window)
+                steps.append(step)
+                if not step.ok:
+                    break
+        finally:
+            await r.set_rate(0)
+            await fleet.stop()
+    return steps
+
+
+async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:
+    """p50/p99/max at one publish rate and subscriber count."""
+    progress(f"latency: {kind}, {n} subscribers at {rate:.0f} ticks/s")
+    async with fresh_schema(args.database_url, "bench_latency") as schema, rig(kind, args.database_url, schema) as r:
+        fleet, _ = await open_fleet(r, n)
+        try:
+            return await measure(r, fleet, kind, n, rate, args.warmup, args.window * 2)
+        finally:
+            await r.set_rate(0)
+            await fleet.stop()
+
+
+@dataclass
+class SlowResult:
+    stalled: int
+    baseline: Step
+    with_stall: Step
+    rss_start: int
+    rss_peak: int
+    rss_end: int
+    resyncs: int
+    slow_disconnects: int
+
+
+async def slow_consumers(args, n: int, rate: float, stalled: int) -> SlowResult:
+    """The others' latency with and without ``stalled`` subscribers that stop reading, and hub memory."""
+    progress(f"slow consumers: {n} subscribers at {rate:.0f} ticks/s, then {stalled} more that stop reading")
+    env = {"TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024), "TICKHUB_SLOW_TIMEOUT": "5"}
+    async with (
+        fresh_schema(args.database_url, "bench_slow") as schema,
+        rig("tickhub", args.database_url, schema, **env) as r,
+    ):
+        fleet, _ = await open_fleet(r, n)
+        stallers = Fleet()
+        try:
+            baseline = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
+            meter = r.hub_meter()
+            rss_start = meter.rss()
+            await stallers.start(r.hub_port, stalled, 1, "--stall")
+            await stallers.wait_open(stalled, 30)
+            peak = 0
+
+            async def sample() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, meter.rss())
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                with_stall = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 3)
+            finally:
+                sampler.cancel()
+            health = (await r.health())["stream"]
+            return SlowResult(
+                stalled,
+                baseline,
+                with_stall,
+                rss_start,
+                peak,
+                meter.rss(),
+                health["resyncs"],
+                health["slow_disconnects"],
+            )
+        finally:
+            await r.set_rate(0)
+            await stallers.stop()
+            await fleet.stop()
+
+
+@dataclass
+class RestResult:
+    idle_rps: float
+    loaded_rps: float
+    stream: Step
+    tool: str
+
+
+async def wrk(url: str, seconds: float) -> float:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", "-c32", f"-d{max(1, round(seconds))}s", url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"wrk printed no rate: {out.decode()[-300:]}")
+
+
+async def python_get(url: str, seconds: float, concurrency: int = 32) -> float:
+    import aiohttp
+
+    done = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        while loop.time() < deadline:
+            async with session.get(url) as resp:
+                await resp.read()
+            done += 1
+
+    async with aiohttp.ClientSession() as session:
+        started = loop.time()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        return done / (loop.time() - started)
+
+
+async def rest_under_load(args, n: int, rate: float) -> RestResult:
+    """``GET /prices`` requests/s with no stream load, then while ``n`` subscribers stream ``rate`` ticks/s."""
+    tool = "wrk" if shutil.which("wrk") else "aiohttp"
+    load = wrk if tool == "wrk" else python_get
+    progress(f"REST: GET /prices with {tool}, idle and with {n} subscribers at {rate:.0f} ticks/s")
+    async with fresh_schema(args.database_url, "bench_rest") as schema, rig("tickhub", args.database_url, schema) as r:
+        await r.set_rate(100)
+        await asyncio.sleep(1)
+        await r.set_rate(0)
+        idle = await load(r.url + "/prices", args.window)
+        fleet, _ = await open_fleet(r, n)
+        try:
+            await r.set_rate(rate)
+            await asyncio.sleep(args.warmup)
+            measuring = asyncio.create_task(measure(r, fleet, "tickhub", n, rate, 0, args.window))
+            loaded = await load(r.url + "/prices", args.window)
+            stream = await measuring
+        finally:
+            await r.set_rate(0)
+            await fleet.stop()
+    progress(f"  GET /prices: {idle:,.0f} req/s idle, {loaded:,.0f} req/s while streaming")
+    return RestResult(idle, loaded, stream, tool)

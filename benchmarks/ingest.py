@@ -1,0 +1,172 @@
+"""Ingest scenarios: mock sources as fast as they go → hub → PostgreSQL, against raw COPY of the same rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import psutil
+
+from tickhub.store import migrations
+
+from .common import PYTHON, CpuMeter, free_port, fresh_schema, get_json, progress, spawn, stop, wait_http
+
+POLL = 0.02
+
+
+def postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postgresql")]
+
+
+@dataclass
+class IngestRun:
+    label: str
+    sources: int
+    source_ticks: int
+    stored: int  # rows written, composites included
+    seconds: float
+    hub_cpu: float  # % of one core
+    source_cpu: float
+    postgres_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.source_ticks / self.seconds
+
+    @property
+    def hub_us_per_tick(self) -> float:
+        return self.hub_cpu / 100 * self.seconds / self.source_ticks * 1e6
+
+
+@dataclass
+class CopyBaseline:
+    rows: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+async def run_ingest(
+    database_url: str,
+    schema: str,
+    sources: int,
+    ticks: int,
+    symbols: str,
+    label: str,
+    **hub_env: str,
+) -> IngestRun:
+    """``sources`` mock processes of ``ticks`` each at --interval 0 into one hub; timed to the last commit."""
+    ports = [free_port() for _ in range(sources)]
+    procs = []
+    for i, port in enumerate(ports):
+        argv = [PYTHON, "-m", "tickhub", "source", "mock", "--name", f"mock{i}", "--port", str(port)]
+        argv += ["--symbols", symbols, "--interval", "0", "--limit", str(ticks), "--seed", str(i)]
+        procs.append(spawn([*argv, "--heartbeat", "1", "--log-level", "warning"]))
+    hub_port = free_port()
+    env = {
+        "TICKHUB_DATABASE_URL": database_url,
+        "TICKHUB_DATABASE_SCHEMA": schema,
+        "TICKHUB_SOURCES": ",".join(f"mock{i}=http://127.0.0.1:{p}/stream" for i, p in enumerate(ports)),
+        "TICKHUB_PORT": str(hub_port),
+        "TICKHUB_LOG_LEVEL": "warning",
+        "TICKHUB_INSTRUMENTS": "none",
+        **hub_env,
+    }
+    try:
+        for port in ports:
+            await wait_http(f"http://127.0.0.1:{port}/")
+        hub = spawn([PYTHON, "-m", "tickhub", "hub"], env, quiet=False)
+        procs.append(hub)
+        total = ticks * sources
+        url = f"http://127.0.0.1:{hub_port}/health"
+        async with aiohttp.ClientSession() as session:
+            await wait_http(f"http://127.0.0.1:{hub_port}/ping", timeout=60)
+            hub_cpu, mock_cpu = CpuMeter([hub.pid]), CpuMeter([p.pid for p in procs[:-1]])
+            pg_cpu = CpuMeter(postgres_pids())
+            while True:  # the mocks start when the hub connects: the clock starts at the first tick
+                health = await get_json(session, url)
+                if any(s["accepted"] for s in health["sources"].values()):
+                    break
+                await asyncio.sleep(POLL)
+            started = time.perf_counter()
+            for meter in (hub_cpu, mock_cpu, pg_cpu):
+                meter.restart()
+            deadline = started + 300
+            while True:
+                health = await get_json(session, url)
+                accepted = sum(s["accepted"] for s in health["sources"].values())
+                persisted = int(health["writer"]["persisted_id"] or 0)
+                if accepted >= total and persisted >= int(health["last_id"] or 0) and not health["writer"]["backlog"]:
+                    break
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"ingest did not finish: {accepted} of {total} accepted")
+                await asyncio.sleep(POLL)
+            seconds = time.perf_counter() - started
+            cpu = (hub_cpu.percent(), mock_cpu.percent(), pg_cpu.percent())
+        run = IngestRun(label, sources, total, health["writer"]["written"], seconds, *cpu)
+        progress(
+            f"  {label}: {run.rate:,.0f} ticks/s persisted ({total:,} from {sources} sources in {seconds:.2f} s); "
+            f"CPU: hub {cpu[0]:.0f}%, sources {cpu[1]:.0f}%, PostgreSQL {cpu[2]:.0f}%"
+        )
+        return run
+    finally:
+        stop(reversed(procs))
+
+
+SQL_ROWS = "SELECT id, source, symbol, price, ts, seq, extra FROM {schema}.ticks ORDER BY id"
+COLUMNS = ("id", "source", "symbol", "price", "ts", "seq", "extra")
+
+
+async def raw_copy(database_url: str, from_schema: str, batch: int) -> CopyBaseline:
+    """The hub's stored rows copied again with asyncpg's ``copy_records_to_table`` into a fresh table of
+    the same shape (the same migrations: keys, the (source, seq) constraint, indexes), ``batch`` rows a
+    transaction: what PostgreSQL and asyncpg alone can do, for the ratio."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(SQL_ROWS.format(schema=from_schema))  # generated identifier, not data
+        records = [tuple(r) for r in rows]
+        async with fresh_schema(database_url, "bench_copy") as schema:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+            await conn.execute(f'SET search_path = "{schema}"')
+            for _, sql in migrations():
+                await conn.execute(sql)
+            started = time.perf_counter()
+            for low in range(0, len(records), batch):
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "ticks", records=records[low : low + batch], columns=COLUMNS, schema_name=schema
+                    )
+            seconds = time.perf_counter() - started
+            await conn.execute("RESET search_path")
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+    baseline = CopyBaseline(len(records), seconds)
+    progress(f"  raw COPY baseline: {baseline.rate:,.0f} rows/s ({len(records):,} rows in {seconds:.2f} s)")
+    return baseline
+
+
+async def ingest_vs_copy(args, sources: int, ticks: int) -> tuple[IngestRun, CopyBaseline]:
+    progress(f"ingest: {sources} mock sources x {ticks:,} ticks, then raw COPY of the same rows")
+    async with fresh_schema(args.database_url, "bench_ingest") as schema:
+        run = await run_ingest(args.database_url, schema, sources, ticks, "BTCUSD,TCSG,META", "hub")
+        baseline = await raw_copy(args.database_url, schema, batch=5000)
+    return run, baseline
+
+
+async def composite_on_off(args, sources: int, ticks: int, rounds: int) -> list[IngestRun]:
+    """Every source quotes BTCUSD, a venue of the built-in BTC-USD: each source tick moves a composite."""
+    progress(f"composite: {sources} venues x {ticks:,} ticks, composites off and on, {rounds} rounds")
+    runs = []
+    for _ in range(rounds):
+        for label, instruments in (("composite off", "none"), ("composite on", "")):
+            async with fresh_schema(args.database_url, "bench_composite") as schema:
+                env = {"TICKHUB_INSTRUMENTS": instruments, "TICKHUB_COMPOSITE_MAX_DEVIATION": "100"}
+                runs.append(await run_ingest(args.database_url, schema, sources, ticks, "BTCUSD", label, **env))
+    return runs

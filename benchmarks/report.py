@@ -1,0 +1,335 @@
+"""BENCHMARKS.md: the machine, the date, the command, a table per scenario and the targets.
+
+Everything from the ``<!-- notes -->`` line on is kept from the previous file: the profile and the
+decisions it led to are written by hand there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+
+import asyncpg
+import psutil
+
+from .fanout import Step
+
+HUB_NAMES = {"fanout": "tickhub", "naive": "naive sse-starlette"}
+NOTES = "<!-- notes: everything below is kept by benchmarks/report.py -->"
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+async def machine(database_url: str) -> str:
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            pg = (await conn.fetchval("SHOW server_version")).split()[0]
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError):
+        pg = "?"
+    mem = psutil.virtual_memory().total / 2**30
+    return (
+        f"{_cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Linux {platform.release()}; "
+        f"Python {platform.python_version()} with uvloop and httptools; PostgreSQL {pg} on the same machine. "
+        "Hub, sources, subscribers and PostgreSQL all share these cores."
+    )
+
+
+def _ms(x: float) -> str:
+    return "—" if math.isnan(x) else ("> 2000" if math.isinf(x) else f"{x:.2f}")
+
+
+def _k(x: float) -> str:
+    return f"{x / 1000:,.1f}k"
+
+
+def best(steps: list[Step]) -> tuple[float, bool]:
+    """The most deliveries/s of a step within p99 ≤ 100 ms, and whether a step past it failed (else a floor)."""
+    ok = [s.delivered for s in steps if s.ok]
+    return (max(ok) if ok else 0.0), any(not s.ok for s in steps)
+
+
+def best_text(steps: list[Step]) -> str:
+    value, bounded = best(steps)
+    return f"{_k(value)}" if bounded else f"≥ {_k(value)} (the ramp ended first)"
+
+
+def ramp_table(steps: list[Step]) -> str:
+    rows = [
+        "| offered deliveries/s | ticks/s sequenced | deliveries/s | p50 ms | p99 ms | max ms | reads/s "
+        "| hub CPU | clients CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in steps:
+        mark = "" if s.ok else " ✗"
+        rows.append(
+            f"| {_k(s.rate * s.subscribers)} | {s.published:,.0f} | {_k(s.delivered)}{mark} | {_ms(s.p50)} "
+            f"| {_ms(s.p99)} | {_ms(s.max)} | {s.writes:,.0f} | {s.hub_cpu:.0f}% | {s.client_cpu:.0f}% |"
+        )
+    return "\n".join(rows)
+
+
+def fanout_section(results: dict) -> list[str]:
+    out = ["## 1. Fan-out", ""]
+    out.append(
+        "One paced publisher → hub → N subscribers in 1–4 load processes (raw asyncio protocols that count "
+        "`event: tick` and read one timestamp per read). The rate rises step by step until p99 passes 100 ms "
+        "or the subscribers fall behind (✗). Latency is source timestamp → subscriber read, counted for every "
+        "tick at the age of the oldest tick in its read (an upper bound). Baseline: `benchmarks/naive_hub.py`, "
+        "sse-starlette with a queue per subscriber, encoding per event and one write per event, same machine, same run."
+    )
+    out.append("")
+    out.append("| hub | subscribers | max deliveries/s at p99 ≤ 100 ms |")
+    out.append("|---|---:|---:|")
+    for kind in ("fanout", "naive"):
+        for steps in results.get(kind, []):
+            if steps:
+                out.append(f"| {HUB_NAMES[kind]} | {steps[0].subscribers} | {best_text(steps)} |")
+    ratio = fanout_ratio(results)
+    if ratio is not None:
+        out.append("")
+        out.append(f"At 1000 subscribers tickhub delivers **{ratio:.1f}×** the naive hub's maximum.")
+    for kind in ("fanout", "naive"):
+        for steps in results.get(kind, []):
+            if steps:
+                out += [
+                    "",
+                    f"### {HUB_NAMES[kind]}, {steps[0].subscribers} subscribers",
+                    "",
+                ]
+                out.append(ramp_table(steps))
+    return out
+
+
+def fanout_ratio(results: dict) -> float | None:
+    ours = [s for s in results.get("fanout", []) if s and s[0].subscribers == 1000]
+    naive = [s for s in results.get("naive", []) if s and s[0].subscribers == 1000]
+    if not ours or not naive or not best(naive[0])[0]:
+        return None
+    return best(ours[0])[0] / best(naive[0])[0]
+
+
+def ingest_section(results: dict) -> list[str]:
+    if "ingest" not in results:
+        return []
+    run, copy = results["ingest"]
+    return [
+        "## 2. Ingest",
+        "",
+        f"{run.sources} mock sources (`tickhub source mock --interval 0`) → hub → PostgreSQL, dedup on "
+        "(`(source, seq)` unique, replays dropped at ingest), timed from the first accepted tick to the last one "
+        "committed. Baseline: the same rows, read back, copied again with asyncpg `copy_records_to_table` "
+        "into a fresh table of the same shape, 5000 rows a transaction.",
+        "",
+        "| | rows | seconds | ticks/s | hub CPU | sources CPU | PostgreSQL CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| hub ingest | {run.source_ticks:,} | {run.seconds:.2f} | {run.rate:,.0f} | {run.hub_cpu:.0f}% "
+        f"({run.hub_us_per_tick:.1f} µs/tick) | {run.source_cpu:.0f}% | {run.postgres_cpu:.0f}% |",
+        f"| raw COPY | {copy.rows:,} | {copy.seconds:.2f} | {copy.rate:,.0f} | | | |",
+        "",
+        f"Hub ingest is **{run.rate / copy.rate:.0%}** of raw COPY.",
+    ]
+
+
+def idle_section(results: dict) -> list[str]:
+    if "idle" not in results:
+        return []
+    r = results["idle"]
+    return [
+        "## 3. Idle subscribers",
+        "",
+        f"{r.subscribers:,} subscribers on one hub process, no ticks, heartbeat every {r.heartbeat:.0f} s.",
+        "",
+        "| subscribers | hub RSS before | hub RSS after | per subscriber | kernel TCP memory | "
+        "heartbeats each (min) | longest silence | hub CPU idle |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r.open_at_end:,} | {r.rss_before / 2**20:.0f} MiB | {r.rss_after / 2**20:.0f} MiB | "
+        f"**{r.per_subscriber_kib:.1f} KiB** | {r.kernel_tcp_bytes / 2**20:.1f} MiB | {r.min_pings} | "
+        f"{r.max_silence_s:.2f} s | {r.hub_cpu_idle:.1f}% |",
+    ]
+
+
+def rest_section(results: dict) -> list[str]:
+    if "rest" not in results:
+        return []
+    r = results["rest"]
+    s = r.stream
+    return [
+        "## 4. REST under streaming load",
+        "",
+        f"`GET /prices` with {r.tool} (32 connections), first with no subscribers, then while {s.subscribers} "
+        f"subscribers stream {s.rate:.0f} ticks/s.",
+        "",
+        "| | requests/s | stream deliveries/s | stream p99 ms |",
+        "|---|---:|---:|---:|",
+        f"| idle hub | {r.idle_rps:,.0f} | | |",
+        f"| while streaming | {r.loaded_rps:,.0f} | {_k(s.delivered)} | {_ms(s.p99)} |",
+    ]
+
+
+def latency_section(results: dict) -> list[str]:
+    if "latency" not in results:
+        return []
+    s = results["latency"]
+    return [
+        "## 5. Latency at demo-like load",
+        "",
+        f"{s.rate:.0f} ticks/s to {s.subscribers} subscribers (source timestamp → subscriber read).",
+        "",
+        "| p50 ms | p99 ms | max ms | deliveries/s | hub CPU |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {_ms(s.p50)} | {_ms(s.p99)} | {_ms(s.max)} | {_k(s.delivered)} | {s.hub_cpu:.0f}% |",
+    ]
+
+
+def slow_section(results: dict) -> list[str]:
+    if "slow" not in results:
+        return []
+    r = results["slow"]
+    a, b = r.baseline, r.with_stall
+    return [
+        "## 6. Slow consumers",
+        "",
+        f"{a.subscribers} subscribers at {a.rate:.0f} ticks/s; then {r.stalled} more connect, read their headers "
+        "and never read again (4 KiB receive buffers). Backlog bound 256 KiB, write timeout 5 s.",
+        "",
+        "| | p50 ms | p99 ms | deliveries/s | hub CPU |",
+        "|---|---:|---:|---:|---:|",
+        f"| without stalled subscribers | {_ms(a.p50)} | {_ms(a.p99)} | {_k(a.delivered)} | {a.hub_cpu:.0f}% |",
+        f"| with {r.stalled} stalled | {_ms(b.p50)} | {_ms(b.p99)} | {_k(b.delivered)} | {b.hub_cpu:.0f}% |",
+        "",
+        f"Others' p99 changed by **{slow_change(r):+.0%}**. Hub RSS {r.rss_start / 2**20:.0f} MiB before the stall, "
+        f"{r.rss_peak / 2**20:.0f} MiB at most during it, {r.rss_end / 2**20:.0f} MiB after; "
+        f"{r.resyncs} resyncs and {r.slow_disconnects} slow-consumer disconnects.",
+    ]
+
+
+def slow_change(r) -> float:
+    return r.with_stall.p99 / r.baseline.p99 - 1 if r.baseline.p99 else math.nan
+
+
+def composite_section(results: dict) -> list[str]:
+    if "composite" not in results:
+        return []
+    runs = results["composite"]
+    out = [
+        "## 7. Composite prices on and off",
+        "",
+        f"{runs[0].sources} mock sources, all quoting BTCUSD (venues of the built-in BTC-USD), as fast as "
+        "they go; with composites on, each source tick recomputes the composite and most publish one.",
+        "",
+        "| | source ticks/s | rows stored | hub µs per source tick |",
+        "|---|---:|---:|---:|",
+    ]
+    for run in runs:
+        out.append(f"| {run.label} | {run.rate:,.0f} | {run.stored:,} | {run.hub_us_per_tick:.1f} |")
+    off = [r.rate for r in runs if r.label == "composite off"]
+    on = [r.rate for r in runs if r.label == "composite on"]
+    if off and on:
+        out += ["", f"With composites on, ingest runs at **{(sum(on) / len(on)) / (sum(off) / len(off)):.0%}** of off."]
+    return out
+
+
+def targets_table(results: dict) -> str:
+    rows = ["| target | measured | |", "|---|---|---|"]
+
+    def row(target: str, measured: str, ok: bool | None) -> None:
+        rows.append(f"| {target} | {measured} | {'—' if ok is None else ('met' if ok else '**not met**')} |")
+
+    for steps in results.get("fanout", []):
+        if steps and steps[0].subscribers == 1000:
+            value, _ = best(steps)
+            ratio = fanout_ratio(results)
+            text = f"{best_text(steps)} deliveries/s" + (f", {ratio:.1f}× naive" if ratio else "")
+            row(
+                "fan-out at 1000 subscribers: ≥ 150k deliveries/s at p99 ≤ 100 ms, ≥ 10× naive",
+                text,
+                value >= 150e3 and (ratio or 0) >= 10,
+            )
+    if "ingest" in results:
+        run, copy = results["ingest"]
+        ratio = run.rate / copy.rate
+        row(
+            "ingest: ≥ 100k ticks/s and ≥ 70% of raw COPY",
+            f"{run.rate:,.0f} ticks/s, {ratio:.0%}",
+            run.rate >= 100e3 and ratio >= 0.7,
+        )
+    if "idle" in results:
+        r = results["idle"]
+        row(
+            f"{r.subscribers:,} idle subscribers at ≤ 25 KiB each",
+            f"{r.per_subscriber_kib:.1f} KiB",
+            r.per_subscriber_kib <= 25 and r.open_at_end == r.subscribers,
+        )
+    if "latency" in results:
+        s = results["latency"]
+        row(
+            f"latency at {s.rate:.0f} ticks/s × {s.subscribers} subscribers: p99 < 20 ms",
+            f"p50 {_ms(s.p50)} ms, p99 {_ms(s.p99)} ms, max {_ms(s.max)} ms",
+            s.p99 < 20,
+        )
+    if "rest" in results:
+        r = results["rest"]
+        row(
+            "`GET /prices` ≥ 5k requests/s while streaming",
+            f"{r.loaded_rps:,.0f} req/s (idle {r.idle_rps:,.0f})",
+            r.loaded_rps >= 5000,
+        )
+    if "slow" in results:
+        r = results["slow"]
+        change = slow_change(r)
+        row(
+            "a stalled subscriber raises the others' p99 by ≤ 10%; hub memory bounded",
+            f"{change:+.0%}; RSS peak {r.rss_peak / 2**20:.0f} MiB (from {r.rss_start / 2**20:.0f})",
+            change <= 0.10,
+        )
+    return "\n".join(rows)
+
+
+def render(results: dict, machine_text: str, command: str, previous: str) -> str:
+    """The whole file; ``previous`` is the old file's text, whose notes are kept."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(results["started"]))
+    _, found, kept = previous.partition(NOTES)
+    notes = kept if found else ""
+    parts = [
+        "# tickhub benchmarks",
+        "",
+        f"Written by `{command}` on {when}, in {results['seconds'] / 60:.1f} minutes.",
+        "",
+        f"**Machine:** {machine_text}",
+        "",
+        "Figures drift from machine to machine; each scenario carries its baseline from the same run.",
+        "",
+        "## Targets",
+        "",
+        targets_table(results),
+        "",
+    ]
+    for section in (
+        fanout_section,
+        ingest_section,
+        idle_section,
+        rest_section,
+        latency_section,
+        slow_section,
+        composite_section,
+    ):
+        lines = section(results)
+        if lines:
+            parts += [*lines, ""]
+    parts.append(NOTES)
+    return "\n".join(parts) + (notes if notes else "\n")
