@@ -32,6 +32,8 @@ class IngestRun:
     hub_cpu: float  # % of one core
     source_cpu: float
     postgres_cpu: float
+    backlog_peak: int  # most ticks waiting for the writer at one reading
+    rss_peak: int  # the hub's resident memory at most, bytes
 
     @property
     def rate(self) -> float:
@@ -98,8 +100,11 @@ async def run_ingest(
             for meter in (hub_cpu, mock_cpu, pg_cpu):
                 meter.restart()
             deadline = started + 300
+            backlog_peak = rss_peak = 0
             while True:
                 health = await get_json(session, url)
+                backlog_peak = max(backlog_peak, health["writer"]["backlog"])
+                rss_peak = max(rss_peak, hub_cpu.rss())
                 accepted = sum(s["accepted"] for s in health["sources"].values())
                 persisted = int(health["writer"]["persisted_id"] or 0)
                 if accepted >= total and persisted >= int(health["last_id"] or 0) and not health["writer"]["backlog"]:
@@ -109,10 +114,11 @@ async def run_ingest(
                 await asyncio.sleep(POLL)
             seconds = time.perf_counter() - started
             cpu = (hub_cpu.percent(), mock_cpu.percent(), pg_cpu.percent())
-        run = IngestRun(label, sources, total, health["writer"]["written"], seconds, *cpu)
+        run = IngestRun(label, sources, total, health["writer"]["written"], seconds, *cpu, backlog_peak, rss_peak)
         progress(
             f"  {label}: {run.rate:,.0f} ticks/s persisted ({total:,} from {sources} sources in {seconds:.2f} s); "
-            f"CPU: hub {cpu[0]:.0f}%, sources {cpu[1]:.0f}%, PostgreSQL {cpu[2]:.0f}%"
+            f"CPU: hub {cpu[0]:.0f}%, sources {cpu[1]:.0f}%, PostgreSQL {cpu[2]:.0f}%; "
+            f"writer backlog at most {backlog_peak:,}, hub RSS at most {rss_peak / 2**20:.0f} MiB"
         )
         return run
     finally:

@@ -247,13 +247,16 @@ async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
 
 class TcpProxy:
     """Forwards 127.0.0.1:port to a target; ``cut()`` drops every open connection mid-stream,
-    ``block()`` also refuses new ones until ``unblock()`` (the target looks down)."""
+    ``block()`` also refuses new ones until ``unblock()`` (the target looks down); ``stall()`` keeps
+    every connection open and forwards nothing until ``flow()`` (the target looks slow)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
         self.connections = 0
         self.blocked = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -281,6 +284,12 @@ class TcpProxy:
     def unblock(self) -> None:
         self.blocked = False
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blocked:
             writer.transport.abort()
@@ -296,6 +305,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(Exception):

@@ -122,6 +122,38 @@ async def test_beyond_the_backlog_bound_drops_are_counted_and_never_silent(setti
     assert len(run_ids) + dropped >= hub.hub.market.last_id - first_lost - 1
 
 
+async def test_a_slow_postgres_pauses_ingest_and_the_sources_hold_the_ticks(settings: Settings) -> None:
+    """PostgreSQL reachable but not keeping up: the hub stops reading its source past the writer's high
+    water instead of queueing without bound or dropping, then reads on; every tick is stored once."""
+    pg_port = urlsplit(settings.database_url).port or 5432
+    total = 20000
+    async with TcpProxy(pg_port) as proxy, running_mock(("BTCUSD", "META"), interval=0, limit=total) as source:
+        hub_settings = settings.replace(
+            database_url=via_proxy(settings.database_url, proxy.port),
+            sources=(("mock", source.url),),
+            writer_batch=500,
+            writer_high_water=1000,
+            db_timeout=30.0,
+        )
+        async with running_hub(hub_settings) as hub:
+            writer, stats = hub.hub.writer, hub.hub.ingest.clients["mock"].stats
+            await wait_for(lambda: writer.written > 0, what="a first write")
+            proxy.stall()
+            await wait_for(lambda: not writer.room.is_set(), 10, "ingest to pause")
+            await wait_for(lambda: source.feed.next_seq - source.feed.first_seq == total, 10, "the source to finish")
+            _status, health = await get_json(f"{hub.url}/health")
+            assert health["writer"]["ingest_paused"] and not health["writer"]["failing"]
+            assert stats.accepted < total, "the source holds what the hub has not read"
+            assert writer.backlog_size <= 1000 + 1000, "the queue stops near its high water (plus one read)"
+            proxy.flow()
+            await wait_for(lambda: stats.accepted == total, 30, "every tick to be read")
+            await wait_for(lambda: writer.persisted_id >= (hub.hub.market.last_id or 0), 30, "every tick to be written")
+            assert writer.dropped == 0 and writer.pauses >= 1 and stats.gaps == 0
+    stored = await rows(settings)
+    assert len(stored) == total
+    assert [s for _, s in stored] == list(range(stored[0][1], stored[0][1] + total)), "each seq once, in order"
+
+
 def slow_socket(port: int, rcvbuf: int = 4096) -> socket.socket:
     """A client that opens /stream with a tiny receive buffer and then reads only when told."""
     sock = socket.socket()

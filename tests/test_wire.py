@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tickhub.wire import (
+    SourceTick,
     SSEParser,
     Tick,
     TickRejected,
@@ -205,3 +206,73 @@ def test_parser_matches_the_reference_for_any_chunking() -> None:
         chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
         got = [(e.event, e.data, e.id) for e in feed_all(SSEParser(), *chunks)]
         assert got == reference_parse(stream), chunks
+
+
+def tick_variants(rng: random.Random) -> tuple[bytes, bool]:
+    """A tick frame as sources write it, maybe with values the hub must refuse or in another form;
+    and whether it is in the form source_tick_json writes with a canonical timestamp."""
+    seq = rng.choice([1, 7, 1795461527312206, (1 << 63) - 1, 1 << 63, 10**19 - 1, 0])
+    price = rng.choice(["43000.12", "0.000000000000000001", "0.00", "0", "007.50", "1" * 24 + ".5", "1" * 25])
+    ts = rng.choice(
+        [
+            "2026-11-23T10:00:00.123456Z",
+            "2026-02-30T10:00:00.000000Z",
+            "2026-11-23T25:00:00.000000Z",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.123456+00:00",
+        ]
+    )
+    symbol = rng.choice(["BTCUSD", "BINANCE:BTCUSDT", "btcusd", "X" * 40, "X" * 41, "-X"])
+    canonical = rng.random() < 0.8
+    if canonical:
+        data = source_tick_json(rng.choice(["mock", "a-b_c", ""]), symbol, price, ts, seq)
+    else:  # the same values, keys in another order: only the general path reads these
+        data = orjson.dumps({"seq": seq, "ts": ts, "price": price, "symbol": symbol, "source": "mock"})
+    return tick_frame(seq if seq > 0 else 1, data), canonical and len(ts) == 27 and ts.endswith("Z")
+
+
+def test_the_tick_fast_path_agrees_with_parse_source_tick_on_every_frame() -> None:
+    """``SSEParser(ticks=True)`` yields a SourceTick exactly when parse_source_tick accepts the event,
+    equal to its result; every refused or unusual frame comes out as the event, for the general path."""
+    rng = random.Random(20261201)
+    fast = 0
+    for _ in range(3000):
+        frame, canonical = tick_variants(rng)
+        (event,) = feed_all(SSEParser(), frame)
+        try:
+            expected: SourceTick | str = parse_source_tick(event.data, event.id)
+        except TickRejected as exc:
+            expected = exc.reason
+        (item,) = feed_all(SSEParser(ticks=True), frame)
+        if type(item) is SourceTick:
+            fast += 1
+            assert item == expected, frame
+        else:
+            assert item == event, frame
+            assert not (canonical and isinstance(expected, SourceTick)), (
+                f"a canonical tick missed the fast path: {frame}"
+            )
+    assert fast > 50, "the fast path was taken"
+
+
+def test_the_tick_fast_path_keeps_order_ids_and_chunking_with_other_events() -> None:
+    rng = random.Random(7)
+    parts = []
+    for i in range(1, 200):
+        parts.append(tick_frame(i, source_tick_json("mock", "META", f"{i}.5", "2026-11-23T10:00:00.000000Z", i)))
+        if rng.random() < 0.2:
+            parts.append(rng.choice([b": ping\n\n", b"event: note\ndata: hi\n\n", b"id: x\nevent: tick\ndata: {}\n\n"]))
+    stream = b"".join(parts)
+    plain = feed_all(SSEParser(), stream)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(stream)), k=rng.randint(0, 30)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        parser = SSEParser(ticks=True)
+        items = feed_all(parser, *chunks)
+        assert len(items) == len(plain)
+        for item, event in zip(items, plain, strict=True):
+            if type(item) is SourceTick:
+                assert event.event == "tick" and parse_source_tick(event.data, event.id) == item
+            else:
+                assert item == event
+        assert parser.last_id == plain[-1].id

@@ -200,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reconnect_min", _positive(float), 0.25, "First reconnect delay in seconds (doubles, jittered)."),
     Setting("reconnect_max", _positive(float), 10.0, "Largest reconnect delay in seconds."),
     Setting("source_max_line", _positive(int), 65536, "Longest SSE line accepted from a source, in bytes."),
-    Setting("writer_batch", _positive(int), 5000, "Most ticks written to PostgreSQL in one COPY."),
+    Setting("writer_batch", _positive(int), 50000, "Most ticks written to PostgreSQL in one COPY."),
     Setting(
         "writer_flush_interval",
         _non_negative(float),
@@ -212,6 +212,12 @@ SETTINGS: tuple[Setting, ...] = (
         _positive(int),
         1000000,
         "Ticks held in memory while PostgreSQL is unreachable; older ones are dropped and counted.",
+    ),
+    Setting(
+        "writer_high_water",
+        _positive(int),
+        100000,
+        "Ticks waiting for a reachable PostgreSQL above which ingest stops reading sources until half are written.",
     ),
     Setting("db_pool_size", _positive(int), 10, "PostgreSQL connections in the pool."),
     Setting("db_timeout", _positive(float), 10.0, "Seconds a PostgreSQL command may take."),
@@ -286,9 +292,10 @@ class Settings:
     reconnect_min: float = 0.25
     reconnect_max: float = 10.0
     source_max_line: int = 65536
-    writer_batch: int = 5000
+    writer_batch: int = 50000
     writer_flush_interval: float = 0.05
     writer_backlog: int = 1000000
+    writer_high_water: int = 100000
     db_pool_size: int = 10
     db_timeout: float = 10.0
     shutdown_timeout: float = 5.0
@@ -327,6 +334,8 @@ class Settings:
     def check(self) -> None:
         if self.reconnect_min > self.reconnect_max:
             raise SettingsError("TICKHUB_RECONNECT_MIN must not exceed TICKHUB_RECONNECT_MAX")
+        if self.writer_high_water > self.writer_backlog:
+            raise SettingsError("TICKHUB_WRITER_HIGH_WATER must not exceed TICKHUB_WRITER_BACKLOG")
         try:
             load_instruments(self.instruments)
         except InstrumentsError as exc:

@@ -77,6 +77,7 @@ class Hub:
             s.reconnect_min,
             s.reconnect_max,
             on_batch=self.metrics.observe_batch,
+            high_water=s.writer_high_water,
         )
         self.fanout = Fanout(
             self.ring,
@@ -106,6 +107,7 @@ class Hub:
             reconnect_min=s.reconnect_min,
             reconnect_max=s.reconnect_max,
             max_line=s.source_max_line,
+            room=self.writer.room,
         )
         self.accounts = Accounts(self.store)
         self.gate = SerialGate(s.test_lock, self.store)
@@ -185,6 +187,8 @@ class Hub:
                 "batches": writer.batches,
                 "dropped": writer.dropped,
                 "failing": writer.failing,
+                "ingest_paused": not writer.room.is_set(),
+                "pauses": writer.pauses,
                 "errors": writer.errors,
                 "last_error": writer.last_error,
                 "last_batch_size": writer.last_batch_size,

@@ -4,6 +4,10 @@ Each client reconnects with ``Last-Event-ID`` set to the newest seq the hub acce
 source (after a restart: the newest *persisted* seq), with capped jittered backoff. aiohttp's
 ``sock_read`` timeout is the stale-feed watchdog: no byte (event or heartbeat comment) for
 ``stale_timeout`` seconds and the connection is dropped and made again.
+
+A source is read ``READ_CHUNK`` bytes at a time with a turn of the event loop between reads, so a
+fast source never holds up the fan-out, REST or the writer's round trips to PostgreSQL for long;
+and not at all while ``room`` (the writer's) is cleared: the source keeps the ticks meanwhile.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import aiohttp
 
 from .backoff import Backoff
 from .sequencer import Sequencer
-from .wire import SourceTick, SSEParser, TickRejected, parse_source_tick
+from .wire import SourceTick, SSEEvent, SSEParser, TickRejected, parse_source_tick
 
 log = logging.getLogger("tickhub.ingest")
+
+#: Bytes of a source's stream handled in one turn of the event loop (about 300 ticks).
+READ_CHUNK = 65536
 
 
 class SourceStats:
@@ -89,8 +96,10 @@ class SourceClient:
         reconnect_min: float,
         reconnect_max: float,
         max_line: int,
+        room: asyncio.Event | None = None,
     ) -> None:
         self.name = name
+        self.room = room
         self.url = url
         self.sequencer = sequencer
         self.session = session
@@ -138,31 +147,42 @@ class SourceClient:
             stats.connects += 1
             stats.connected_at = stats.last_event_at = time.time()
             log.info("source %s connected (resuming after seq %s)", self.name, last_seq or "-")
-            parser = SSEParser(max_line=self.max_line)
+            parser = SSEParser(max_line=self.max_line, ticks=True)
             self._connection_max_seq = 0
             self._last_seq = self.sequencer.last_seq(self.name)
-            async for chunk in resp.content.iter_any():
+            on_tick, room = self._on_tick, self.room
+            async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 stats.last_event_at = time.time()
                 oversized, accepted = parser.oversized, stats.accepted
-                for event in parser.feed(chunk):
-                    self._on_event(event.event, event.data, event.id)
+                for item in parser.feed(chunk):
+                    if type(item) is SourceTick:  # the canonical tick frame, validated by the parser
+                        on_tick(item)
+                    else:
+                        self._on_event(item)
                 if stats.accepted != accepted:
                     stats.last_tick_at = stats.last_event_at
                     self.backoff.reset()  # the feed works: a later failure starts from the shortest delay
                 if parser.oversized != oversized:
                     for _ in range(parser.oversized - oversized):
                         self._reject("oversized", f"an SSE line or event above {self.max_line} bytes")
+                if room is not None and not room.is_set():
+                    await room.wait()  # the writer is behind: the source holds the ticks meanwhile
+                else:
+                    await asyncio.sleep(0)  # the buffer may hold more: let the rest of the hub run first
 
-    def _on_event(self, event: str, data: str, event_id: str | None) -> None:
-        stats = self.stats
-        if event != "tick":
-            stats.ignored += 1
+    def _on_event(self, event: SSEEvent) -> None:
+        if event.event != "tick":
+            self.stats.ignored += 1
             return
         try:
-            tick = parse_source_tick(data, event_id)
+            tick = parse_source_tick(event.data, event.id)
         except TickRejected as exc:
             self._reject(exc.reason, str(exc))
             return
+        self._on_tick(tick)
+
+    def _on_tick(self, tick: SourceTick) -> None:
+        stats = self.stats
         if self.sequencer.accept(self.name, tick) is None:
             if tick.seq < self._connection_max_seq:  # lower than one this connection already sent
                 self._reject("seq_backwards", f"seq {tick.seq} after {self._connection_max_seq}")

@@ -109,6 +109,14 @@ class HubMetrics(Collector):
             "tickhub_writer_dropped", "Ticks dropped because the write backlog was full.", value=writer.dropped
         )
         yield CounterMetricFamily("tickhub_writer_errors", "Failed PostgreSQL writes (retried).", value=writer.errors)
+        yield GaugeMetricFamily(
+            "tickhub_ingest_paused",
+            "1 while ingest waits for the writer to catch up with a slow PostgreSQL.",
+            value=0.0 if writer.room.is_set() else 1.0,
+        )
+        yield CounterMetricFamily(
+            "tickhub_ingest_pauses", "Times ingest paused for the writer to catch up.", value=writer.pauses
+        )
         yield CounterMetricFamily(
             "tickhub_tasks_completed", "Tasks this replica's worker completed.", value=hub.tasks.completed
         )

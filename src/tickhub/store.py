@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -132,6 +131,12 @@ def copy_rows(ticks: Sequence[Tick]) -> bytes:
     )
 
 
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """COPY data as an async iterable: asyncpg reads a file-like source through a thread-pool executor,
+    which under a busy event loop waits on the GIL for every 512 KiB (BENCHMARKS.md, "Profile")."""
+    yield data
+
+
 def migrations() -> list[tuple[str, str]]:
     """(version, sql) of every migration file, in order."""
     files = resources.files("tickhub.migrations")
@@ -249,13 +254,13 @@ class Store:
                     # and fall back to a staging merge only when a batch was partly stored before.
                     async with conn.transaction():
                         await conn.copy_to_table(
-                            "ticks", source=io.BytesIO(rows), columns=STORED_COLUMNS, schema_name=self.schema
+                            "ticks", source=_one_chunk(rows), columns=STORED_COLUMNS, schema_name=self.schema
                         )
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
                 except asyncpg.UniqueViolationError:
                     async with conn.transaction():
                         await conn.execute(SQL_STAGE)
-                        await conn.copy_to_table("ticks_staging", source=io.BytesIO(rows), columns=STORED_COLUMNS)
+                        await conn.copy_to_table("ticks_staging", source=_one_chunk(rows), columns=STORED_COLUMNS)
                         await conn.execute(SQL_MERGE_STAGED)
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
 

@@ -38,6 +38,11 @@ class Tick:
     string and ``time`` the same instant as a datetime (for PostgreSQL). ``json`` is the encoded
     tick, computed once and shared by every subscriber and by history replays.
 
+    The JSON is formatted, not serialized: every field is one the edges validated against a pattern
+    that needs no JSON escaping (source names, symbols and prices match their patterns, ``ts`` is
+    canonical). Formatting is also what keeps a tick small: the bytes orjson returns are each backed
+    by a 4 KiB page while they live, so a queue of ticks cost 4 KiB each (BENCHMARKS.md, "Profile").
+
     ``extra`` holds fields beyond the six every tick has (a composite's contributing ``venues``):
     they follow ``seq`` in the JSON, encoded with sorted keys at every depth. PostgreSQL's jsonb
     reorders keys, so a canonical encoding is what makes a tick rebuilt from its row encode to the
@@ -62,24 +67,17 @@ class Tick:
         self.symbol = symbol
         self.price = price
         self.time = time
-        self.ts = ts if ts is not None else format_ts(time)
+        self.ts = ts = ts if ts is not None else format_ts(time)
         self.seq = seq
-        self.json = orjson.dumps(
-            {
-                "id": str(id),
-                "source": source,
-                "symbol": symbol,
-                "price": price,
-                "ts": self.ts,
-                "seq": seq,
-            }
-        )
         self.extra: bytes | None = None
-        if extra:
-            if not TICK_FIELDS.isdisjoint(extra):
-                raise ValueError(f"extra fields may not replace {sorted(TICK_FIELDS & set(extra))}")
-            self.extra = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS)
-            self.json = self.json[:-1] + b"," + self.extra[1:]
+        head = f'{{"id":"{id}","source":"{source}","symbol":"{symbol}","price":"{price}","ts":"{ts}","seq":{seq}'
+        if not extra:
+            self.json = f"{head}}}".encode()
+            return
+        if not TICK_FIELDS.isdisjoint(extra):
+            raise ValueError(f"extra fields may not replace {sorted(TICK_FIELDS & set(extra))}")
+        self.extra = memoryview(orjson.dumps(extra, option=orjson.OPT_SORT_KEYS)).tobytes()  # a copy: see above
+        self.json = head.encode() + b"," + self.extra[1:]
 
     def as_dict(self) -> dict[str, Any]:
         return orjson.loads(self.json)
@@ -204,6 +202,29 @@ class SSEEvent(NamedTuple):
 
 
 _WHOLE_EVENT = re.compile(rb"id: ?([^\n]*)\nevent: ?([^\n]*)\ndata: ?([^\n]*)\n\n")
+#: A tick frame exactly as :func:`source_tick_json` and :func:`tick_frame` write it, its values already
+#: in the shapes :func:`parse_source_tick` accepts (the source name is the hub's own, so it is skipped).
+_SOURCE_TICK = re.compile(
+    rb'id: ?([0-9]{1,19})\nevent: ?tick\ndata: ?\{"source":"[^"\\\x00-\x1f]{0,64}",'
+    rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"([0-9]{1,24}(?:\.[0-9]{1,18})?)",'
+    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})\}\n\n'
+)
+_SEQ_LIMIT = 1 << 63
+
+
+def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
+    """The tick of a :data:`_SOURCE_TICK` match, or None if a value is out of range (the general path
+    then rejects the event with its reason)."""
+    _, symbol, price, ts, seq = match.groups()
+    seq_value = int(seq)
+    if seq_value >= _SEQ_LIMIT or not price.strip(b"0."):
+        return None
+    ts_text = ts.decode()
+    try:
+        time = datetime.fromisoformat(ts_text)
+    except ValueError:  # the right shape, not a date (Feb 30)
+        return None
+    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value)
 
 
 class SSEParser:
@@ -213,6 +234,12 @@ class SSEParser:
     heartbeats (``comments``). A line longer than ``max_line``, or an event whose data grows
     beyond ``max_event``, discards that event, counts it in ``oversized`` and parsing goes on
     with the next one, so one bad event never costs the good ones around it.
+
+    With ``ticks=True`` (the hub's ingest) a tick event in the exact form sources write is
+    validated on the spot and yielded as a :class:`SourceTick`, equal to what
+    :func:`parse_source_tick` makes of it: one regex match per tick instead of a match, a JSON
+    parse and three pattern checks. Every other event, including a tick in any other form or
+    with a value out of range, is yielded as an :class:`SSEEvent` for the general path.
     """
 
     __slots__ = (
@@ -221,17 +248,19 @@ class SSEParser:
         "_data",
         "_event",
         "_id",
+        "_last",
         "_size",
         "_skip",
+        "_ticks",
         "comments",
-        "last_id",
         "max_event",
         "max_line",
         "oversized",
         "retry",
     )
 
-    def __init__(self, max_line: int = 65536, max_event: int = 262144) -> None:
+    def __init__(self, max_line: int = 65536, max_event: int = 262144, ticks: bool = False) -> None:
+        self._ticks = ticks
         self.max_line = max_line
         self.max_event = max_event
         self._buf = b""
@@ -245,9 +274,14 @@ class SSEParser:
         self._skip = False  # inside an oversized event: drop lines until its blank line
         self.comments = 0
         self.oversized = 0
-        self.last_id: str | None = None
+        self._last: bytes | None = None
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+    @property
+    def last_id(self) -> str | None:
+        """The id of the last event dispatched (WHATWG's last event ID), or None."""
+        return None if self._last is None else self._last.decode("utf-8", "replace")
+
+    def feed(self, chunk: bytes) -> Iterator[SSEEvent | SourceTick]:
         if self._cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the \n of a \r\n split across chunks
         self._cr = chunk.endswith(b"\r")
@@ -257,14 +291,22 @@ class SSEParser:
         pos = 0
         while True:
             if not (self._data or self._event or self._skip):
+                if self._ticks:
+                    match = _SOURCE_TICK.match(buf, pos)
+                    if match is not None and match.end() - pos <= self.max_line:
+                        tick = _canonical_tick(match)
+                        if tick is not None:
+                            self._id = self._last = match[1]
+                            yield tick
+                            pos = match.end()
+                            continue
                 # Fast path for the frame every source sends, ``id:``, ``event:``, ``data:`` and a blank
                 # line: one regex match per event instead of a Python step per line.
                 match = _WHOLE_EVENT.match(buf, pos)
                 if match is not None and match.end(3) - match.start(3) <= self.max_line:
                     event_id, event, data = match.groups()
                     if b"\0" not in event_id:
-                        self._id = event_id
-                        self.last_id = event_id.decode("utf-8", "replace")
+                        self._id = self._last = event_id
                     yield SSEEvent(
                         event.decode("utf-8", "replace") or "message", data.decode("utf-8", "replace"), self.last_id
                     )
@@ -333,7 +375,7 @@ class SSEParser:
 
     def _dispatch(self) -> SSEEvent | None:
         if self._id is not None:
-            self.last_id = self._id.decode("utf-8", "replace")
+            self._last = self._id
         if not self._data:
             self._event = b""
             return None

@@ -4,6 +4,10 @@ Ticks queue in memory in hub order; the writer flushes when a batch is full or i
 has waited ``flush_interval``. While PostgreSQL is unreachable the queue grows up to ``backlog``
 ticks, then the oldest are dropped and counted (and their id ranges kept, so a resume that would
 need them resyncs instead of skipping them silently).
+
+While PostgreSQL is reachable but slower than the sources, nothing is dropped: past
+``high_water`` queued ticks :attr:`room` is cleared, ingest stops reading its sources until the
+queue is back under half of it, and the sources hold the ticks (their replay rings, TCP).
 """
 
 from __future__ import annotations
@@ -30,17 +34,23 @@ class CopyWriter:
     def __init__(
         self,
         store: Store,
-        batch: int = 5000,
+        batch: int = 50000,
         flush_interval: float = 0.05,
         backlog: int = 1_000_000,
         retry_min: float = 0.25,
         retry_max: float = 5.0,
         on_batch: Callable[[int, float], None] | None = None,
+        high_water: int = 100_000,
     ) -> None:
         self.store = store
         self.batch = batch
         self.flush_interval = flush_interval
         self.backlog = backlog
+        self.high_water = high_water
+        #: Set while ingest may read on; cleared past ``high_water`` unless PostgreSQL is failing.
+        self.room = asyncio.Event()
+        self.room.set()
+        self.pauses = 0
         self._pending: deque[Tick] = deque()
         self._wake = asyncio.Event()
         self._backoff = Backoff(retry_min, retry_max)
@@ -70,6 +80,9 @@ class CopyWriter:
             self._drop(pending.popleft())
         if n == 1 or n >= self.batch:
             self._wake.set()
+            if n > self.high_water and not self.failing and self.room.is_set():
+                self.room.clear()
+                self.pauses += 1
 
     def _drop(self, tick: Tick) -> None:
         self.dropped += 1
@@ -122,6 +135,7 @@ class CopyWriter:
         except Exception as exc:  # any failure keeps the rows for a retry; StoreUnavailable is the usual one
             self.errors += 1
             self.failing = True
+            self.room.set()  # PostgreSQL is down: keep streaming, queue up to the backlog, drop beyond
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             if self.errors == 1 or self.errors % 100 == 0:
                 log.warning("tick writer failed (%d so far), will retry: %s", self.errors, self.last_error)
@@ -137,6 +151,8 @@ class CopyWriter:
         self.batches += 1
         self.persisted_id = max(self.persisted_id, batch[-1].id)
         self.failing = False
+        if len(pending) <= self.high_water // 2:
+            self.room.set()
         self._backoff.reset()
         self._persisted.set()
         self._persisted.clear()
