@@ -119,54 +119,71 @@ async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:
 @dataclass
 class SlowResult:
     stalled: int
-    baseline: Step
+    before: Step
     with_stall: Step
+    after: Step  # once the stalled subscribers are gone
+    blocked_during: int  # stalled subscribers the hub had moved aside, at the end of the stall window
     rss_start: int
     rss_peak: int
     rss_end: int
     resyncs: int
     slow_disconnects: int
+    dropped_after_s: float  # from the stall starting to every stalled subscriber disconnected
+
+    @property
+    def p99_change(self) -> float:
+        """The others' p99 with the stall against the mean of before and after."""
+        reference = (self.before.p99 + self.after.p99) / 2
+        return self.with_stall.p99 / reference - 1 if reference else math.nan
 
 
 async def slow_consumers(args, n: int, rate: float, stalled: int) -> SlowResult:
-    """The others' latency with and without ``stalled`` subscribers that stop reading, and hub memory."""
+    """The others' latency before, during and after ``stalled`` subscribers stop reading; hub memory."""
     progress(f"slow consumers: {n} subscribers at {rate:.0f} ticks/s, then {stalled} more that stop reading")
-    env = {"TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024), "TICKHUB_SLOW_TIMEOUT": "5"}
+    env = {"TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024), "TICKHUB_SLOW_TIMEOUT": "10", "TICKHUB_SEND_BUFFER": "65536"}
     async with (
         fresh_schema(args.database_url, "bench_slow") as schema,
         rig("tickhub", args.database_url, schema, **env) as r,
     ):
         fleet, _ = await open_fleet(r, n)
         stallers = Fleet()
+        loop = asyncio.get_running_loop()
         try:
-            baseline = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
+            before = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
             meter = r.hub_meter()
-            rss_start = meter.rss()
+            rss_start = peak = meter.rss()
+            stall_started = loop.time()
             await stallers.start(r.hub_port, stalled, 1, "--stall")
             await stallers.wait_open(stalled, 30)
-            peak = 0
-
-            async def sample() -> None:
-                nonlocal peak
-                while True:
-                    peak = max(peak, meter.rss())
-                    await asyncio.sleep(0.1)
-
-            sampler = asyncio.create_task(sample())
-            try:
-                with_stall = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 3)
-            finally:
-                sampler.cancel()
+            while (await r.health())["stream"]["blocked"] < stalled:  # their sockets are full: the hub moved them aside
+                if loop.time() - stall_started > 60:
+                    raise RuntimeError("the stalled subscribers never blocked")
+                peak = max(peak, meter.rss())
+                await asyncio.sleep(0.1)
+            with_stall = await measure(r, fleet, "tickhub", n, rate, 0, args.window * 2)
+            health = (await r.health())["stream"]
+            blocked = health["blocked"]
+            while health["slow_disconnects"] < stalled:
+                if loop.time() - stall_started > 120:
+                    raise RuntimeError("the stalled subscribers were never disconnected")
+                peak = max(peak, meter.rss())
+                await asyncio.sleep(0.1)
+                health = (await r.health())["stream"]
+            dropped_after = loop.time() - stall_started
+            after = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
             health = (await r.health())["stream"]
             return SlowResult(
                 stalled,
-                baseline,
+                before,
                 with_stall,
+                after,
+                blocked,
                 rss_start,
-                peak,
+                max(peak, meter.rss()),
                 meter.rss(),
                 health["resyncs"],
                 health["slow_disconnects"],
+                dropped_after,
             )
         finally:
             await r.set_rate(0)

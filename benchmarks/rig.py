@@ -163,29 +163,31 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(kind: str, database_url: str, schema: str, **hub_env: str) -> AsyncIterator[Rig]:
-    """``kind`` is "tickhub" or "naive"; ``hub_env`` are extra TICKHUB_* settings for tickhub."""
+    """``kind`` is "tickhub", "ring-sse" (benchmarks.ring_sse_hub) or "naive" (benchmarks.naive_hub);
+    ``hub_env`` are extra TICKHUB_* settings for the first two."""
     publisher_port, hub_port = free_port(), free_port()
     procs: list[Any] = [spawn([PYTHON, "-m", "benchmarks.publisher", "--port", str(publisher_port)])]
     source = f"http://127.0.0.1:{publisher_port}/stream"
+    env = {
+        "TICKHUB_DATABASE_URL": database_url,
+        "TICKHUB_DATABASE_SCHEMA": schema,
+        "TICKHUB_SOURCES": f"bench={source}",
+        "TICKHUB_PORT": str(hub_port),
+        "TICKHUB_INSTRUMENTS": "none",
+        "TICKHUB_MAX_STREAMS_PER_CLIENT": "100000",
+        "TICKHUB_LOG_LEVEL": "warning",
+        **hub_env,
+    }
+    commands = {
+        "tickhub": ([PYTHON, "-m", "tickhub", "hub"], "/ping"),
+        "ring-sse": ([PYTHON, "-m", "benchmarks.ring_sse_hub", "--port", str(hub_port)], "/health"),
+        "naive": ([PYTHON, "-m", "benchmarks.naive_hub", "--port", str(hub_port), "--source", source], "/health"),
+    }
+    argv, ready = commands[kind]
     try:
         await wait_http(f"http://127.0.0.1:{publisher_port}/")
-        if kind == "tickhub":
-            env = {
-                "TICKHUB_DATABASE_URL": database_url,
-                "TICKHUB_DATABASE_SCHEMA": schema,
-                "TICKHUB_SOURCES": f"bench={source}",
-                "TICKHUB_PORT": str(hub_port),
-                "TICKHUB_INSTRUMENTS": "none",
-                "TICKHUB_MAX_STREAMS_PER_CLIENT": "100000",
-                "TICKHUB_LOG_LEVEL": "warning",
-                **hub_env,
-            }
-            procs.append(spawn([PYTHON, "-m", "tickhub", "hub"], env, quiet=False))
-            ready = f"http://127.0.0.1:{hub_port}/ping"
-        else:
-            procs.append(spawn([PYTHON, "-m", "benchmarks.naive_hub", "--port", str(hub_port), "--source", source]))
-            ready = f"http://127.0.0.1:{hub_port}/health"
-        await wait_http(ready, timeout=60)
+        procs.append(spawn(argv, env, quiet=False))
+        await wait_http(f"http://127.0.0.1:{hub_port}{ready}", timeout=60)
         the_rig = Rig(hub_port, publisher_port, procs)
         try:
             yield the_rig

@@ -31,6 +31,7 @@ def plan(quick: bool) -> dict:
     if quick:
         return {
             "fanout": [(1000, [100e3, 200e3, 400e3])],
+            "ring-sse": [(1000, [25e3, 50e3, 100e3])],
             "naive": [(1000, [10e3, 20e3, 40e3])],
             "latency": (100, 1000.0),
             "rest": (1000, 100.0),
@@ -42,6 +43,7 @@ def plan(quick: bool) -> dict:
     steps = [50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6]
     return {
         "fanout": [(100, steps), (1000, steps), (5000, steps)],
+        "ring-sse": [(1000, [25e3, 50e3, 75e3, 100e3, 150e3, 200e3])],
         "naive": [
             (100, [10e3, 15e3, 20e3, 25e3, 30e3, 40e3, 50e3, 60e3, 80e3]),
             (1000, [10e3, 15e3, 20e3, 25e3, 30e3, 40e3, 50e3]),
@@ -63,6 +65,7 @@ async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if "fanout" in only:
         results["fanout"] = [await ramp(args, "tickhub", n, t) for n, t in p["fanout"]]
+        results["ring-sse"] = [await ramp(args, "ring-sse", n, t) for n, t in p["ring-sse"]]
         results["naive"] = [await ramp(args, "naive", n, t) for n, t in p["naive"]]
     if "latency" in only:
         results["latency"] = await fixed_load(args, *p["latency"])

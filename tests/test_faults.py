@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+import psutil
 import pytest
 from helpers import (
     TcpProxy,
@@ -154,6 +155,15 @@ async def test_a_slow_postgres_pauses_ingest_and_the_sources_hold_the_ticks(sett
     assert [s for _, s in stored] == list(range(stored[0][1], stored[0][1] + total)), "each seq once, in order"
 
 
+def accepted(port: int) -> list:
+    """The hub's side of the open connections to ``port`` (the hub runs in this process)."""
+    return [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    ]
+
+
 def slow_socket(port: int, rcvbuf: int = 4096) -> socket.socket:
     """A client that opens /stream with a tiny receive buffer and then reads only when told."""
     sock = socket.socket()
@@ -179,6 +189,9 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_the_others_carry_o
                 await wait_for(lambda: fanout.slow_disconnects >= 3, 20, "the stalled subscribers to be dropped")
                 assert fanout.busy_count == 0 and fanout.count == 1
                 assert fanout.backlog_bytes() == 0
+                # Dropped means the connection is gone, not a socket the hub keeps open for a client
+                # that will never read what is queued on it.
+                await wait_for(lambda: len(accepted(hub.port)) == 1, 10, "the hub to close the stalled connections")
             finally:
                 for sock in stalled:
                     sock.close()
@@ -269,3 +282,25 @@ async def test_too_many_streams_from_one_client_get_429(settings: Settings, cap:
         finally:
             for response in streams:
                 response.close()
+
+
+@pytest.mark.parametrize("send_buffer", [0, 65536])
+def test_the_send_buffer_setting_reaches_every_accepted_connection(send_buffer: int) -> None:
+    """TICKHUB_SEND_BUFFER is set on the listener, so each accepted connection has it (Linux reports
+    twice the value asked for); unset, the kernel's default and autotuning stay."""
+    from tickhub.server import listen_socket
+
+    default = socket.socket().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    listener = listen_socket(Settings(host="127.0.0.1", port=0, send_buffer=send_buffer))
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname()):
+            conn, _ = listener.accept()
+            with conn:
+                size = conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    finally:
+        listener.close()
+    if send_buffer:
+        assert size == 2 * send_buffer
+    else:
+        assert size >= default  # left to the kernel, which grows it as it sees fit

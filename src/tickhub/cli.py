@@ -24,7 +24,7 @@ def _logging(level: str) -> None:
 
 def cmd_hub(args: argparse.Namespace) -> int:
     from .embedded import database_url
-    from .server import build_server
+    from .server import build_server, listen_socket
 
     settings = Settings.from_env()
     if args.host:
@@ -33,8 +33,10 @@ def cmd_hub(args: argparse.Namespace) -> int:
         settings = settings.replace(port=args.port)
     _logging(settings.log_level)
     with database_url(settings.database_url, settings.data_dir) as url:
-        server = build_server(settings.replace(database_url=url))
-        aio.run(server.serve())
+        settings = settings.replace(database_url=url)
+        server = build_server(settings)
+        sockets = [listen_socket(settings)] if settings.send_buffer else None
+        aio.run(server.serve(sockets=sockets))
     return 0 if server.started else 1
 
 

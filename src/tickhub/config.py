@@ -170,6 +170,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "slow_timeout", _positive(float), 30.0, "Seconds a subscriber may block a write before it is disconnected."
     ),
+    Setting(
+        "send_buffer",
+        _non_negative(int),
+        0,
+        "Kernel send buffer of each client connection in bytes (bounds what a stalled subscriber holds); 0: autotuned.",
+    ),
     Setting("max_symbols", _positive(int), 100, "Most symbols one /stream subscription may name."),
     Setting(
         "max_streams_per_client",
@@ -282,6 +288,7 @@ class Settings:
     subscriber_backlog: int = 1048576
     slow_overflows: int = 3
     slow_timeout: float = 30.0
+    send_buffer: int = 0
     max_symbols: int = 100
     max_streams_per_client: int = 500
     cors_origins: tuple[str, ...] = ()

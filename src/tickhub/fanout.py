@@ -37,13 +37,18 @@ SymbolFilter = frozenset[str] | None
 
 
 class Subscriber:
-    """One open stream: how to write to it and where it stands."""
+    """One open stream: how to write to it, end it, or drop its connection, and where it stands."""
 
-    __slots__ = ("busy", "closed", "cursor", "detached", "finish", "overflows", "symbols", "write")
+    __slots__ = ("abort", "busy", "closed", "cursor", "detached", "finish", "overflows", "symbols", "write")
 
-    def __init__(self, write: Write, finish: Finish, symbols: SymbolFilter) -> None:
+    def __init__(
+        self, write: Write, finish: Finish, symbols: SymbolFilter, abort: Callable[[], None] | None = None
+    ) -> None:
         self.write = write
         self.finish = finish
+        #: Drops the connection at once: for a client that stopped reading, whose stream cannot be ended
+        #: cleanly (the end is one more write) and whose socket would otherwise stay open.
+        self.abort = abort
         self.symbols = symbols
         self.cursor = 0
         self.busy = False
@@ -216,6 +221,7 @@ class Fanout:
             self.slow_disconnects += 1
             log.info("disconnecting a subscriber whose write blocked for %.1fs", self.write_timeout)
             self._busy.pop(sub, None)
+            _abort(sub)
             self._close(sub, "write_timeout")
             return
         except asyncio.CancelledError:
@@ -230,11 +236,13 @@ class Fanout:
     async def _finish(self, sub: Subscriber, reason: str) -> None:
         """End the response cleanly (the client sees the stream close and reconnects)."""
         self._busy.pop(sub, None)
-        with contextlib.suppress(Exception):
+        try:
             pending = start_write(sub.finish())
             if pending is not None:
                 async with asyncio.timeout(1.0):
                     await pending
+        except Exception:  # the end did not get through (a full socket): drop the connection instead
+            _abort(sub)
         self._close(sub, reason)
 
     def _close(self, sub: Subscriber, reason: str) -> None:
@@ -364,6 +372,12 @@ class Fanout:
         self._tasks = []
         self._busy.clear()
         self._idle.clear()
+
+
+def _abort(sub: Subscriber) -> None:
+    if sub.abort is not None:
+        with contextlib.suppress(Exception):
+            sub.abort()
 
 
 def resync_frame(reason: str, last_event_id: str | None = None) -> bytes:

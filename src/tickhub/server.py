@@ -47,6 +47,25 @@ class HubServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(hub.begin_drain)
 
 
+def listen_socket(settings: Settings) -> socket.socket:
+    """The hub's listening socket, bound here rather than by uvicorn so that ``TICKHUB_SEND_BUFFER``
+    applies: accepted connections inherit the listener's send buffer, which caps the kernel memory a
+    subscriber that stopped reading can hold (autotuning lets it grow to megabytes)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
     app = create_app(settings)
     options: dict[str, object] = {

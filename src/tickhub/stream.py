@@ -86,7 +86,11 @@ class TickStreamResponse:
         def finish():
             return send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        sub = Subscriber(write, finish, self.symbols)
+        # ASGI has no message that drops a connection; uvicorn's send is a method of the request
+        # cycle, which holds the transport. Without it a stalled client's socket would stay open.
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        abort = transport.abort if transport is not None and hasattr(transport, "abort") else None
+        sub = Subscriber(write, finish, self.symbols, abort)
         receiver = asyncio.ensure_future(_until_disconnect(receive))
         opener = None if self.last_event_id is None else asyncio.ensure_future(self._resume(sub))
         if opener is None:
