@@ -119,65 +119,74 @@ async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:
 @dataclass
 class SlowResult:
     stalled: int
-    before: Step
-    with_stall: Step
-    after: Step  # once the stalled subscribers are gone
-    blocked_during: int  # stalled subscribers the hub had moved aside, at the end of the stall window
+    calm: list[Step]  # windows with no stalled subscriber: before, and after each stall
+    stalls: list[Step]  # windows while the stalled subscribers were blocked
     rss_start: int
     rss_peak: int
     rss_end: int
     resyncs: int
     slow_disconnects: int
-    dropped_after_s: float  # from the stall starting to every stalled subscriber disconnected
+    dropped_after_s: list[float]  # per stall: from the stallers connecting to all of them disconnected
+
+    @staticmethod
+    def pooled(steps: list[Step]) -> Latency:
+        pool = Latency()
+        for step in steps:
+            pool.add(step.latency.counts)
+        return pool
 
     @property
     def p99_change(self) -> float:
-        """The others' p99 with the stall against the mean of before and after."""
-        reference = (self.before.p99 + self.after.p99) / 2
-        return self.with_stall.p99 / reference - 1 if reference else math.nan
+        """The others' p99 over every stall window against their p99 over every calm window."""
+        calm = self.pooled(self.calm).percentile(99)
+        return self.pooled(self.stalls).percentile(99) / calm - 1 if calm else math.nan
 
 
-async def slow_consumers(args, n: int, rate: float, stalled: int) -> SlowResult:
-    """The others' latency before, during and after ``stalled`` subscribers stop reading; hub memory."""
-    progress(f"slow consumers: {n} subscribers at {rate:.0f} ticks/s, then {stalled} more that stop reading")
+async def slow_consumers(args, n: int, rate: float, stalled: int, cycles: int) -> SlowResult:
+    """The others' latency with and without ``stalled`` subscribers that stop reading, over ``cycles``
+    stalls (each until the hub has dropped them); the hub's memory throughout."""
+    progress(f"slow consumers: {n} subscribers at {rate:.0f} ticks/s; {cycles} times, {stalled} more stop reading")
     env = {"TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024), "TICKHUB_SLOW_TIMEOUT": "10", "TICKHUB_SEND_BUFFER": "65536"}
+    window = args.window * 2
     async with (
         fresh_schema(args.database_url, "bench_slow") as schema,
         rig("tickhub", args.database_url, schema, **env) as r,
     ):
         fleet, _ = await open_fleet(r, n)
-        stallers = Fleet()
         loop = asyncio.get_running_loop()
+        calm, stalls, dropped_after = [], [], []
         try:
-            before = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
+            calm.append(await measure(r, fleet, "tickhub", n, rate, args.warmup, window))
             meter = r.hub_meter()
             rss_start = peak = meter.rss()
-            stall_started = loop.time()
-            await stallers.start(r.hub_port, stalled, 1, "--stall")
-            await stallers.wait_open(stalled, 30)
-            while (await r.health())["stream"]["blocked"] < stalled:  # their sockets are full: the hub moved them aside
-                if loop.time() - stall_started > 60:
-                    raise RuntimeError("the stalled subscribers never blocked")
-                peak = max(peak, meter.rss())
-                await asyncio.sleep(0.1)
-            with_stall = await measure(r, fleet, "tickhub", n, rate, 0, args.window * 2)
-            health = (await r.health())["stream"]
-            blocked = health["blocked"]
-            while health["slow_disconnects"] < stalled:
-                if loop.time() - stall_started > 120:
-                    raise RuntimeError("the stalled subscribers were never disconnected")
-                peak = max(peak, meter.rss())
-                await asyncio.sleep(0.1)
-                health = (await r.health())["stream"]
-            dropped_after = loop.time() - stall_started
-            after = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
+            for cycle in range(cycles):
+                stallers = Fleet()
+                try:
+                    started = loop.time()
+                    disconnects = (await r.health())["stream"]["slow_disconnects"]
+                    await stallers.start(r.hub_port, stalled, 1, "--stall")
+                    await stallers.wait_open(stalled, 30)
+                    while (await r.health())["stream"]["blocked"] < stalled:  # their sockets are full
+                        if loop.time() - started > 60:
+                            raise RuntimeError("the stalled subscribers never blocked")
+                        peak = max(peak, meter.rss())
+                        await asyncio.sleep(0.1)
+                    stalls.append(await measure(r, fleet, "tickhub", n, rate, 0, window))
+                    while (await r.health())["stream"]["slow_disconnects"] < disconnects + stalled:
+                        if loop.time() - started > 120:
+                            raise RuntimeError("the stalled subscribers were never disconnected")
+                        peak = max(peak, meter.rss())
+                        await asyncio.sleep(0.1)
+                    dropped_after.append(loop.time() - started)
+                finally:
+                    await stallers.stop()
+                progress(f"  stall {cycle + 1}: all {stalled} dropped {dropped_after[-1]:.1f} s after they connected")
+                calm.append(await measure(r, fleet, "tickhub", n, rate, args.warmup, window))
             health = (await r.health())["stream"]
             return SlowResult(
                 stalled,
-                before,
-                with_stall,
-                after,
-                blocked,
+                calm,
+                stalls,
                 rss_start,
                 max(peak, meter.rss()),
                 meter.rss(),
@@ -187,7 +196,6 @@ async def slow_consumers(args, n: int, rate: float, stalled: int) -> SlowResult:
             )
         finally:
             await r.set_rate(0)
-            await stallers.stop()
             await fleet.stop()
 
 

@@ -203,27 +203,35 @@ def slow_section(results: dict) -> list[str]:
     if "slow" not in results:
         return []
     r = results["slow"]
-    rows = [("before", r.before), (f"{r.stalled} stalled, {r.blocked_during} of them blocked", r.with_stall)]
-    rows.append(("after they were dropped", r.after))
+    first = r.calm[0]
     out = [
         "## 6. Slow consumers",
         "",
-        f"{r.before.subscribers} subscribers at {r.before.rate:.0f} ticks/s; then {r.stalled} more connect, read "
-        "their headers and never read again (4 KiB receive buffers). Backlog bound 256 KiB, write timeout 10 s, "
-        "`TICKHUB_SEND_BUFFER` 64 KiB. "
-        "The stall window starts once the hub has moved every stalled subscriber aside (its socket full).",
+        f"{first.subscribers} subscribers at {first.rate:.0f} ticks/s. {len(r.stalls)} times, {r.stalled} more "
+        "connect, read their headers and never read again (4 KiB receive buffers) until the hub drops them; "
+        "a stall window starts once the hub has moved all of them aside (their sockets full). Backlog bound "
+        "256 KiB, write timeout 10 s, `TICKHUB_SEND_BUFFER` 64 KiB. Latency is that of the other subscribers.",
         "",
-        "| the other subscribers | p50 ms | p99 ms | max ms | deliveries/s | hub CPU |",
+        "| window | p50 ms | p99 ms | max ms | deliveries/s | hub CPU |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for label, s in rows:
+    labels = ["calm (before)"]
+    for i in range(len(r.stalls)):
+        labels += [f"stall {i + 1}", f"calm (after stall {i + 1})"]
+    windows = [r.calm[0]]
+    for stall, after in zip(r.stalls, r.calm[1:], strict=True):
+        windows += [stall, after]
+    for label, s in zip(labels, windows, strict=True):
         out.append(f"| {label} | {_ms(s.p50)} | {_ms(s.p99)} | {_ms(s.max)} | {_k(s.delivered)} | {s.hub_cpu:.0f}% |")
+    calm, stall = r.pooled(r.calm), r.pooled(r.stalls)
+    out.append(f"| **all calm windows** | {_ms(calm.percentile(50))} | {_ms(calm.percentile(99))} | | | |")
+    out.append(f"| **all stall windows** | {_ms(stall.percentile(50))} | {_ms(stall.percentile(99))} | | | |")
+    drops = ", ".join(f"{d:.1f} s" for d in r.dropped_after_s)
     out += [
         "",
-        f"Others' p99 during the stall: **{r.p99_change:+.0%}** against before and after. Hub RSS "
+        f"The others' p99 over the stall windows: **{r.p99_change:+.0%}** against the calm ones. Hub RSS "
         f"{r.rss_start / 2**20:.0f} MiB before, {r.rss_peak / 2**20:.0f} MiB at most, {r.rss_end / 2**20:.0f} MiB "
-        f"after; {r.resyncs} resyncs; all {r.slow_disconnects} stalled subscribers disconnected "
-        f"{r.dropped_after_s:.1f} s after they stopped reading.",
+        f"after; {r.resyncs} resyncs; the stalled subscribers were all dropped, {drops} after they connected.",
     ]
     return out
 
