@@ -70,3 +70,35 @@ def settings(database_url: str, schema: str) -> Settings:
         db_timeout=5.0,
         slow_timeout=5.0,
     )
+
+
+TEST_REDIS_URL = os.environ.get("TICKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis, checked once; missing → skip, or fail under TICKHUB_REQUIRE_SERVICES=1."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except (OSError, redis.RedisError) as exc:
+        _service_missing(f"Redis at {TEST_REDIS_URL}", exc)
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+async def redis_keys(redis_url: str, schema: str) -> AsyncIterator[str]:
+    """This test's schema as a broker namespace; its Redis keys are deleted afterwards."""
+    yield schema
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"tickhub:{schema}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

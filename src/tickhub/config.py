@@ -72,6 +72,13 @@ def parse_sources(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sources)
 
 
+def _broker_url(raw: str) -> str:
+    scheme = raw.partition("://")[0] if "://" in raw else ""
+    if scheme not in ("memory", "redis", "rediss", "unix"):
+        raise ValueError(f"expected memory:// or redis://host:port/db, got {raw[:60]!r}")
+    return raw
+
+
 def _schema(raw: str) -> str:
     if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", raw):
         raise ValueError(f"must be a lower-case SQL identifier, got {raw!r}")
@@ -225,6 +232,30 @@ SETTINGS: tuple[Setting, ...] = (
         100000,
         "Ticks waiting for a reachable PostgreSQL above which ingest stops reading sources until half are written.",
     ),
+    Setting(
+        "broker_url",
+        _broker_url,
+        "memory://",
+        "The log replicas share: memory:// (one process) or redis://host:port/db (Redis Streams, N replicas).",
+    ),
+    Setting(
+        "lease_ttl",
+        _positive(float),
+        3.0,
+        "Seconds the ingest lease lasts unrenewed; a standby replica takes over within about this long.",
+    ),
+    Setting(
+        "stream_retention",
+        _non_negative(float),
+        300.0,
+        "Seconds the Redis stream keeps ticks (once written to PostgreSQL) for resumes; older come from PostgreSQL.",
+    ),
+    Setting(
+        "broker_claim_after",
+        _positive(float),
+        30.0,
+        "Seconds after which ticks a replica was handed but never wrote are handed to another replica's writer.",
+    ),
     Setting("db_pool_size", _positive(int), 10, "PostgreSQL connections in the pool."),
     Setting("db_timeout", _positive(float), 10.0, "Seconds a PostgreSQL command may take."),
     Setting("shutdown_timeout", _positive(float), 5.0, "Seconds a stopping hub waits for streams and the writer."),
@@ -303,6 +334,10 @@ class Settings:
     writer_flush_interval: float = 0.05
     writer_backlog: int = 1000000
     writer_high_water: int = 100000
+    broker_url: str = "memory://"
+    lease_ttl: float = 3.0
+    stream_retention: float = 300.0
+    broker_claim_after: float = 30.0
     db_pool_size: int = 10
     db_timeout: float = 10.0
     shutdown_timeout: float = 5.0

@@ -1,9 +1,16 @@
-"""Hub: owns every long-lived part of one hub process, started and stopped in order.
+"""Hub: owns every long-lived part of one hub replica, started and stopped in order.
 
-Start: store (pool, migrations) → run number → market (and composite venues) from history →
-ring, fan-out, writer → composites → ingest. Stop is the reverse: ingest first (no new ticks),
-then the streams (each subscriber gets everything ingested, then a clean end), then the writer's
-final flush, then the pool.
+The data path: the replica that holds the ingest lease (always this one with ``memory://``) reads
+the sources; the sequencer gives each tick its id; the outbox appends ticks to the broker's log.
+Every replica is handed every appended tick in id order (:meth:`Hub._deliver`): latest prices, the
+ring and so every subscriber, the composites. Each tick is also handed to one replica's writer,
+which persists it and tells the broker.
+
+Start: store (pool, migrations) → market and composite venues from history → broker → writer,
+fan-out, composites → delivery and the writer's feed from the broker → the ingest lease (ingest
+starts on this replica if it gets it). Stop is the reverse: ingest first (no new ticks), what is
+sequenced goes into the log and the lease is handed on, then the streams (each subscriber gets
+everything delivered, then a clean end), then the writer's final flush, the broker, the pool.
 """
 
 from __future__ import annotations
@@ -11,21 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import Counter
 from typing import Any
 
 from .accounts import Accounts
+from .backoff import Backoff
+from .broker import Broker, BrokerUnavailable, LeaseLost, open_broker
 from .composite import CompositeBook, Route
 from .config import Settings
 from .fanout import Fanout
 from .gate import SerialGate
 from .ingest import Ingest
 from .instruments import COMPOSITE_SOURCE, load_instruments
+from .lease import IngestLease
 from .market import Market
 from .metrics import HubMetrics
 from .ring import TickRing
-from .sequencer import Sequencer
+from .sequencer import Sequencer, run_of
 from .store import Store
 from .tasks import TaskQueue
 from .wire import SourceTick, Tick, tick_frame
@@ -39,6 +52,8 @@ class Hub:
         if not settings.database_url:
             raise ValueError("Hub needs settings.database_url (the CLI starts an embedded database if unset)")
         self.settings = settings
+        #: This replica's name: its lease token and its writer's name in the broker.
+        self.hub_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.market = Market()
         self.ring = TickRing(settings.ring_size)
         self.started_at = time.time()
@@ -46,25 +61,36 @@ class Hub:
         self._drain_task: asyncio.Task[None] | None = None
         self._streams: Counter[str] = Counter()  # open /stream connections per client address
         self.store: Store
+        self.broker: Broker
         self.writer: CopyWriter
         self.fanout: Fanout
-        self.sequencer: Sequencer
-        self.ingest: Ingest
+        self.lease: IngestLease
+        #: Only while this replica holds the ingest lease.
+        self.sequencer: Sequencer | None = None
+        self.ingest: Ingest | None = None
         self.gate: SerialGate
         self.accounts: Accounts
         self.tasks: TaskQueue
         self.composite: CompositeBook
         self._composite_routes: dict[str, tuple[Route, ...]] = {}
+        self._outbox: list[Tick] = []
+        self._outbox_ready = asyncio.Event()
+        #: Cleared while the outbox holds more than the writer's high water (the broker is behind).
+        self.outbox_room = asyncio.Event()
+        self.outbox_room.set()
+        self._appender: asyncio.Task[None] | None = None
+        self._delivered = asyncio.Event()  # set on each delivery, for a resume that waits to catch up
+        self.run = 0  # the run of the newest id this replica issued or was handed
 
     async def start(self) -> None:
         s = self.settings
         instruments = load_instruments(s.instruments)
         self.store = await Store.open(s.database_url or "", s.database_schema, s.db_pool_size, s.db_timeout)
         try:
-            run = await self.store.new_run()
-            last_seqs = await self.store.last_seqs([name for name, _ in s.sources] + [COMPOSITE_SOURCE])
             latest = await self.store.latest()
             self.market.load(latest)
+            self.broker = open_broker(s.broker_url, s.database_schema, s.stream_retention, s.broker_claim_after)
+            await self.broker.connect()
         except BaseException:
             await self.store.close()
             raise
@@ -78,6 +104,8 @@ class Hub:
             s.reconnect_max,
             on_batch=self.metrics.observe_batch,
             high_water=s.writer_high_water,
+            pause_when_failing=not self.broker.local,
+            released=self._released,
         )
         self.fanout = Fanout(
             self.ring,
@@ -87,18 +115,56 @@ class Hub:
             write_timeout=s.slow_timeout,
             heartbeat=s.heartbeat,
         )
-        self.sequencer = Sequencer(run, last_seqs, self._on_tick)
+        persisted_seqs = await self.store.last_seqs([COMPOSITE_SOURCE])
         self.composite = CompositeBook(
             instruments,
             s.composite_window,
             s.composite_max_deviation,
             self._publish_composite,
-            last_seq=last_seqs[COMPOSITE_SOURCE],
+            last_seq=persisted_seqs[COMPOSITE_SOURCE],
         )
         self.composite.seed(latest)
         self._composite_routes = self.composite.routes
-        #: Every tick from this id on passes through the ring; older ones come from PostgreSQL.
-        self.ring_floor_id = self.sequencer.next_id
+        after = self.market.last_id or 0  # the newest persisted tick: the log hands over every newer one
+        #: Every tick above this id passes through the ring; older ones come from the log or PostgreSQL.
+        self.ring_floor_id = after + 1
+        self.run = run_of(after)
+        self.accounts = Accounts(self.store)
+        self.gate = SerialGate(s.test_lock, self.store)
+        self.tasks = TaskQueue(self.store, s.task_queue_max, retry_max=s.reconnect_max)
+        self.lease = IngestLease(
+            self.broker, self.hub_id, s.lease_ttl, self._start_ingest, self._stop_ingest, self.broker.trim
+        )
+        self.writer.start()
+        self.fanout.start()
+        await self.broker.subscribe(self._deliver, after)
+        await self.broker.feed_writer(self.hub_id, self._to_writer, self.writer.room)
+        self._appender = asyncio.create_task(self._append_loop(), name="tickhub-outbox")
+        await self.lease.try_acquire()
+        self.lease.start()
+        if s.task_worker:
+            self.tasks.start()
+        else:
+            self.tasks.state = "off (TICKHUB_TASK_WORKER)"
+        log.info("hub %s started (%s, %s)", self.hub_id, self.broker.scheme, self.role)
+
+    @property
+    def role(self) -> str:
+        return "ingesting" if self.sequencer is not None else "standby"
+
+    # -- ingest: only on the lease holder ----------------------------------------------------------
+
+    async def _start_ingest(self) -> None:
+        """This replica got the lease: resume every source after the newest seq in the log or stored."""
+        s = self.settings
+        seqs = await self.store.last_seqs([name for name, _ in s.sources] + [COMPOSITE_SOURCE])
+        for source, seq in (await self.broker.last_seqs()).items():
+            seqs[source] = max(seqs.get(source, 0), seq)
+        run = await self.store.new_run()
+        self.run = run
+        self.sequencer = Sequencer(run, seqs, self._to_outbox)
+        self.composite.last_seq = max(self.composite.last_seq, seqs.get(COMPOSITE_SOURCE, 0))
+        rooms = (self.outbox_room, self.writer.room) if self.broker.local else (self.outbox_room,)
         self.ingest = Ingest(
             s.sources,
             self.sequencer,
@@ -107,33 +173,95 @@ class Hub:
             reconnect_min=s.reconnect_min,
             reconnect_max=s.reconnect_max,
             max_line=s.source_max_line,
-            room=self.writer.room,
+            rooms=rooms,
         )
-        self.accounts = Accounts(self.store)
-        self.gate = SerialGate(s.test_lock, self.store)
-        self.tasks = TaskQueue(self.store, s.task_queue_max, retry_max=s.reconnect_max)
-        self.writer.start()
-        self.fanout.start()
         self.ingest.start()
-        if s.task_worker:
-            self.tasks.start()
-        else:
-            self.tasks.state = "off (TICKHUB_TASK_WORKER)"
-        log.info("hub run %d started with %d sources", run, len(s.sources))
+        log.info("hub run %d ingesting %d sources", run, len(s.sources))
 
-    def _on_tick(self, tick: Tick) -> None:
-        """Where each sequenced tick goes: latest prices, the ring (and so every subscriber), the writer,
-        then the composite of each instrument its symbol prices (one dict lookup when none)."""
-        self.market.update(tick)
-        self.fanout.publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
-        self.writer.add(tick)
-        routes = self._composite_routes.get(tick.symbol)
-        if routes is not None:
-            self.composite.on_tick(tick, routes)
+    async def _stop_ingest(self) -> None:
+        ingest, self.ingest, self.sequencer = self.ingest, None, None
+        if ingest is not None:
+            await ingest.stop()
+        self._outbox.clear()  # sequenced under a lapsed lease: the next holder ingests them again
+        self.outbox_room.set()
+
+    def _to_outbox(self, tick: Tick) -> None:
+        """The sequencer's sink: ticks wait here for one append per turn of the loop."""
+        outbox = self._outbox
+        outbox.append(tick)
+        if len(outbox) == 1:
+            self._outbox_ready.set()
+        elif len(outbox) > self.settings.writer_high_water and self.outbox_room.is_set():
+            self.outbox_room.clear()
+
+    async def _append_loop(self) -> None:
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self.broker.append(self.hub_id, batch)
+                except LeaseLost:
+                    await self.lease.lost()
+                    break
+                except BrokerUnavailable as exc:
+                    self._outbox[:0] = batch  # in order, before what came meanwhile
+                    log.warning("could not append %d ticks to the log, will retry: %s", len(batch), exc)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                backoff.reset()
+                if len(self._outbox) <= self.settings.writer_high_water // 2:
+                    self.outbox_room.set()
+
+    async def flush_outbox(self) -> None:
+        """Append what is sequenced, for a graceful stop (bounded by the shutdown timeout)."""
+        if self._outbox and self.sequencer is not None:
+            batch, self._outbox = self._outbox, []
+            with contextlib.suppress(LeaseLost, BrokerUnavailable, TimeoutError):
+                async with asyncio.timeout(self.settings.shutdown_timeout / 2):
+                    await self.broker.append(self.hub_id, batch)
+
+    # -- delivery: on every replica ----------------------------------------------------------------
+
+    def _deliver(self, ticks: list[Tick]) -> None:
+        """Ticks from the log, in id order: latest prices, the ring (and so every subscriber), then
+        the composite of each instrument a tick's symbol prices (one dict lookup when none)."""
+        market, publish, routes_of = self.market, self.fanout.publish, self._composite_routes.get
+        for tick in ticks:
+            market.update(tick)
+            publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
+            routes = routes_of(tick.symbol)
+            if routes is not None:
+                self.composite.on_tick(tick, routes)
+        if not self.sequencer:
+            self.run = max(self.run, run_of(ticks[-1].id))
+        self._delivered.set()
+        self._delivered.clear()
+
+    def _to_writer(self, ticks: list[Tick]) -> None:
+        add = self.writer.add
+        for tick in ticks:
+            add(tick)
+
+    async def _released(self, ticks: list[Tick]) -> None:
+        await self.broker.written(self.hub_id, ticks)
 
     def _publish_composite(self, tick: SourceTick) -> None:
-        """A new composite enters the stream like any source's tick: an id, then :meth:`_on_tick`."""
-        self.sequencer.accept(COMPOSITE_SOURCE, tick)
+        """A new composite enters the log like any source's tick; only the ingesting replica publishes."""
+        if self.sequencer is not None:
+            self.sequencer.accept(COMPOSITE_SOURCE, tick)
+
+    async def caught_up(self, tick_id: int, timeout: float) -> bool:
+        """Wait until this replica was handed ``tick_id`` (it may be behind the replica that sent it)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while (self.market.last_id or 0) < tick_id:
+                    await self._delivered.wait()
+        return (self.market.last_id or 0) >= tick_id
+
+    # -- clients -----------------------------------------------------------------------------------
 
     def streams_opened(self, client: str) -> bool:
         """Count a new stream of ``client``; False (and not counted) past the per-client cap."""
@@ -147,9 +275,7 @@ class Hub:
         if self._streams[client] <= 0:
             del self._streams[client]
 
-    @property
-    def run(self) -> int:
-        return self.sequencer.run
+    # -- stopping ----------------------------------------------------------------------------------
 
     def begin_drain(self) -> None:
         """Start stopping (safe to call from a signal handler's callback, and more than once)."""
@@ -159,7 +285,16 @@ class Hub:
 
     async def _drain(self) -> None:
         await self.tasks.stop()
-        await self.ingest.stop()
+        await self.lease.stop()
+        ingest, self.ingest = self.ingest, None
+        if ingest is not None:
+            await ingest.stop()
+        await self.flush_outbox()
+        self.sequencer = None
+        await self.lease.release()
+        if self._appender is not None:
+            self._appender.cancel()
+            await asyncio.gather(self._appender, return_exceptions=True)
         await self.fanout.close(timeout=self.settings.shutdown_timeout / 2)
 
     async def stop(self) -> None:
@@ -168,19 +303,23 @@ class Hub:
         with contextlib.suppress(Exception):
             await self._drain_task
         await self.writer.close(timeout=self.settings.shutdown_timeout)
+        await self.broker.close()
         await self.store.close()
-        log.info("hub run %d stopped: %d ticks written, %d dropped", self.run, self.writer.written, self.writer.dropped)
+        log.info("hub %s stopped: %d ticks written, %d dropped", self.hub_id, self.writer.written, self.writer.dropped)
 
     def health(self) -> dict[str, Any]:
         writer = self.writer
-        sources = self.ingest.health()
+        sources = self.ingest.health() if self.ingest is not None else {}
         degraded = writer.failing or any(v["state"] != "connected" for v in sources.values())
         return {
             "status": "draining" if self.draining else ("degraded" if degraded else "ok"),
             "run": self.run,
+            "hub_id": self.hub_id,
+            "role": self.role,
             "uptime_s": round(time.time() - self.started_at, 3),
             "last_id": str(self.market.last_id) if self.market.last_id is not None else None,
             "sources": sources,
+            "broker": {**self.broker.health(), "lease_gained": self.lease.gained},
             "writer": {
                 "backlog": writer.backlog_size,
                 "written": writer.written,

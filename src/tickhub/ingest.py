@@ -7,7 +7,8 @@ source (after a restart: the newest *persisted* seq), with capped jittered backo
 
 A source is read ``READ_CHUNK`` bytes at a time with a turn of the event loop between reads, so a
 fast source never holds up the fan-out, REST or the writer's round trips to PostgreSQL for long;
-and not at all while ``room`` (the writer's) is cleared: the source keeps the ticks meanwhile.
+and not at all while one of ``rooms`` (the writer's, the broker outbox's) is cleared: the source
+keeps the ticks meanwhile.
 """
 
 from __future__ import annotations
@@ -96,10 +97,10 @@ class SourceClient:
         reconnect_min: float,
         reconnect_max: float,
         max_line: int,
-        room: asyncio.Event | None = None,
+        rooms: tuple[asyncio.Event, ...] = (),
     ) -> None:
         self.name = name
-        self.room = room
+        self.rooms = rooms
         self.url = url
         self.sequencer = sequencer
         self.session = session
@@ -150,7 +151,7 @@ class SourceClient:
             parser = SSEParser(max_line=self.max_line, ticks=True)
             self._connection_max_seq = 0
             self._last_seq = self.sequencer.last_seq(self.name)
-            on_tick, room = self._on_tick, self.room
+            on_tick, rooms = self._on_tick, self.rooms
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 stats.last_event_at = time.time()
                 oversized, accepted = parser.oversized, stats.accepted
@@ -165,8 +166,9 @@ class SourceClient:
                 if parser.oversized != oversized:
                     for _ in range(parser.oversized - oversized):
                         self._reject("oversized", f"an SSE line or event above {self.max_line} bytes")
-                if room is not None and not room.is_set():
-                    await room.wait()  # the writer is behind: the source holds the ticks meanwhile
+                if not all(room.is_set() for room in rooms):
+                    for room in rooms:
+                        await room.wait()  # the hub is behind: the source holds the ticks meanwhile
                 else:
                     await asyncio.sleep(0)  # the buffer may hold more: let the rest of the hub run first
 

@@ -61,7 +61,7 @@ class HubMetrics(Collector):
         lag = GaugeMetricFamily(
             "tickhub_source_lag_seconds", "Receive time minus source time of the last tick.", labels=["source"]
         )
-        for name, client in hub.ingest.clients.items():
+        for name, client in (hub.ingest.clients if hub.ingest is not None else {}).items():
             stats = client.stats
             for outcome, value in (
                 ("accepted", stats.accepted),

@@ -1,8 +1,8 @@
 """GET /stream: the SSE subscription, its snapshot, and resume by Last-Event-ID.
 
 A new subscriber gets ``retry:``, a ``snapshot`` event (with the newest id) and then live ticks
-from the fan-out. A resuming subscriber gets every tick after its id: from PostgreSQL for what
-the ring no longer holds, then from the ring, then live, with no gap and none twice. An id we
+from the fan-out. A resuming subscriber gets every tick after its id: from the broker's log or PostgreSQL for
+what the ring no longer holds, then from the ring, then live, with no gap and none twice. An id we
 cannot resume from (not ours, from the future, or needing more than ``replay_limit`` ticks) gets
 a ``resync`` event and a fresh snapshot instead — never silence.
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from .broker import BrokerUnavailable
 from .errors import ApiError, response_for
 from .fanout import Subscriber, SymbolFilter, resync_frame
 from .sequencer import parse_event_id, run_of
@@ -33,7 +34,7 @@ log = logging.getLogger("tickhub.stream")
 
 REPLAY_PAGE = 2000
 RING_CHUNK = 1024
-PERSIST_WAIT = 5.0
+CATCH_UP_WAIT = 2.0  # how long a replica waits to be handed an id another replica already sent
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -130,44 +131,53 @@ class TickStreamResponse:
         hub.fanout.attach(sub, head, rest)
 
     async def _replay(self, sub: Subscriber) -> int:
-        """Send every tick after Last-Event-ID; return the ring position live delivery starts at."""
+        """Send every tick after Last-Event-ID; return the ring position live delivery starts at.
+
+        Older than the ring, ticks come from the broker's log while it reaches back that far, and
+        before the log begins from PostgreSQL (everything older than the log is written there).
+        """
         hub, ring, symbols = self.hub, self.hub.ring, self.symbols
         cursor = parse_event_id(self.last_event_id)
         if cursor is None:
             raise Resync("unknown_id")
         newest = hub.market.last_id or 0
+        if cursor > newest and not hub.broker.local:  # from a replica a little ahead of this one
+            await hub.caught_up(cursor, CATCH_UP_WAIT)
+            newest = hub.market.last_id or 0
         if cursor > newest and run_of(cursor) >= hub.run:
-            raise Resync("unknown_id")  # an id this hub has not issued (yet)
+            raise Resync("unknown_id")  # an id no replica has issued (yet)
         budget = hub.settings.replay_limit
         counted = False
         while True:
             upper = ring.first_id if len(ring) else hub.ring_floor_id
-            if cursor + 1 < upper:
-                # Part of the replay lies before the ring: it comes from PostgreSQL.
-                if not counted:
-                    counted = True
-                    try:
-                        n = await hub.store.count_after(cursor, upper, _sorted(symbols), budget + 1)
-                    except StoreUnavailable:
-                        raise Resync("history_unavailable") from None
-                    if n > budget:
-                        raise Resync("too_old")
-                if upper > hub.ring_floor_id:  # this run's own ticks left the ring: are they persisted?
-                    persisted = await hub.writer.wait_persisted(upper - 1, PERSIST_WAIT)
-                    if not persisted or not hub.writer.is_gap_free(cursor, upper):
-                        raise Resync("history_unavailable")
+            if cursor + 1 < upper:  # part of the replay lies before the ring
                 try:
-                    rows = await hub.store.ticks_after(cursor, upper, _sorted(symbols), REPLAY_PAGE)
-                except StoreUnavailable:
+                    first = await hub.broker.first_id()
+                    if first is not None and cursor + 1 >= first:
+                        rows = await hub.broker.history(cursor, upper, REPLAY_PAGE)
+                        if rows is None:
+                            continue  # trimmed meanwhile: PostgreSQL has it now
+                        scanned = rows[-1].id if len(rows) == REPLAY_PAGE else upper - 1
+                        rows = [t for t in rows if symbols is None or t.symbol in symbols]
+                    else:
+                        end = upper if first is None else min(upper, first)
+                        if not counted:
+                            counted = True
+                            n = await hub.store.count_after(cursor, end, _sorted(symbols), budget + 1)
+                            if n > budget:
+                                raise Resync("too_old")
+                        if not hub.writer.is_gap_free(cursor, end):
+                            raise Resync("history_unavailable")
+                        rows = await hub.store.ticks_after(cursor, end, _sorted(symbols), REPLAY_PAGE)
+                        scanned = rows[-1].id if len(rows) == REPLAY_PAGE else end - 1
+                except (StoreUnavailable, BrokerUnavailable):
                     raise Resync("history_unavailable") from None
                 if rows:
                     await sub.write(b"".join(tick_frame(t.id, t.json) for t in rows))
-                    cursor = rows[-1].id
                     budget -= len(rows)
                     if budget < 0:
                         raise Resync("too_old")
-                else:
-                    cursor = upper - 1  # nothing of ours lies between cursor and the ring
+                cursor = scanned
                 continue
             position = ring.position_after(cursor)
             if ring.head - position <= RING_CHUNK:

@@ -86,6 +86,15 @@ class Tick:
         return f"Tick({self.json.decode()})"
 
 
+def tick_from_json(data: bytes | str) -> Tick:
+    """The tick whose :attr:`Tick.json` is ``data`` (from a log shared with other replicas): it
+    encodes to the same bytes again."""
+    obj = orjson.loads(data)
+    ts = obj["ts"]
+    extra = {k: v for k, v in obj.items() if k not in TICK_FIELDS} or None
+    return Tick(int(obj["id"]), obj["source"], obj["symbol"], obj["price"], parse_ts(ts), obj["seq"], ts, extra)
+
+
 def format_ts(dt: datetime) -> str:
     """Canonical wire timestamp: ``2026-11-23T19:00:00.123456Z``."""
     if dt.tzinfo is not UTC:

@@ -7,7 +7,12 @@ need them resyncs instead of skipping them silently).
 
 While PostgreSQL is reachable but slower than the sources, nothing is dropped: past
 ``high_water`` queued ticks :attr:`room` is cleared, ingest stops reading its sources until the
-queue is back under half of it, and the sources hold the ticks (their replay rings, TCP).
+queue is back under half of it, and the sources hold the ticks (their replay rings, TCP). With
+``pause_when_failing`` (several replicas share a log that keeps what is unwritten) the room also
+closes while PostgreSQL is down, so nothing is dropped then either.
+
+``released`` is told of every tick the writer is done with, written or dropped, so a shared log
+can let it go.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .backoff import Backoff
 from .store import Store
@@ -41,12 +46,17 @@ class CopyWriter:
         retry_max: float = 5.0,
         on_batch: Callable[[int, float], None] | None = None,
         high_water: int = 100_000,
+        pause_when_failing: bool = False,
+        released: Callable[[Sequence[Tick]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
         self.flush_interval = flush_interval
         self.backlog = backlog
         self.high_water = high_water
+        self.pause_when_failing = pause_when_failing
+        self.released = released
+        self._dropped: list[Tick] = []  # dropped, not yet reported to ``released``
         #: Set while ingest may read on; cleared past ``high_water`` unless PostgreSQL is failing.
         self.room = asyncio.Event()
         self.room.set()
@@ -57,7 +67,6 @@ class CopyWriter:
         self._task: asyncio.Task[None] | None = None
         #: Highest id committed; every lower id of this run is committed or in ``dropped_ranges``.
         self.persisted_id = 0
-        self._persisted = asyncio.Event()
         self.written = 0
         self.batches = 0
         self.dropped = 0
@@ -80,12 +89,14 @@ class CopyWriter:
             self._drop(pending.popleft())
         if n == 1 or n >= self.batch:
             self._wake.set()
-            if n > self.high_water and not self.failing and self.room.is_set():
+            if n > self.high_water and self.room.is_set() and (self.pause_when_failing or not self.failing):
                 self.room.clear()
                 self.pauses += 1
 
     def _drop(self, tick: Tick) -> None:
         self.dropped += 1
+        if self.released is not None:
+            self._dropped.append(tick)
         ranges = self.dropped_ranges
         if ranges and ranges[-1][1] + 1 == tick.id:
             ranges[-1] = (ranges[-1][0], tick.id)
@@ -135,13 +146,15 @@ class CopyWriter:
         except Exception as exc:  # any failure keeps the rows for a retry; StoreUnavailable is the usual one
             self.errors += 1
             self.failing = True
-            self.room.set()  # PostgreSQL is down: keep streaming, queue up to the backlog, drop beyond
+            if not self.pause_when_failing:
+                self.room.set()  # PostgreSQL is down: keep streaming, queue up to the backlog, drop beyond
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             if self.errors == 1 or self.errors % 100 == 0:
                 log.warning("tick writer failed (%d so far), will retry: %s", self.errors, self.last_error)
             pending.extendleft(reversed(batch))
             while len(pending) > self.backlog:
                 self._drop(pending.popleft())
+            await self._release([])  # what was dropped: a log need not keep it for this writer
             return False
         self.last_batch_seconds = time.perf_counter() - started
         self.last_batch_size = len(batch)
@@ -149,25 +162,25 @@ class CopyWriter:
             self.on_batch(len(batch), self.last_batch_seconds)
         self.written += len(batch)
         self.batches += 1
-        self.persisted_id = max(self.persisted_id, batch[-1].id)
+        self.persisted_id = max(self.persisted_id, max(t.id for t in batch))
         self.failing = False
         if len(pending) <= self.high_water // 2:
             self.room.set()
         self._backoff.reset()
-        self._persisted.set()
-        self._persisted.clear()
+        await self._release(batch)
         return True
 
-    async def wait_persisted(self, tick_id: int, timeout: float) -> bool:
-        """Wait until every tick up to ``tick_id`` is committed (or dropped); False on timeout."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.persisted_id < tick_id:
-                    if not self._pending or self._pending[0].id > tick_id:
-                        return True  # nothing at or below tick_id is still queued
-                    event = self._persisted
-                    await event.wait()
-        return self.persisted_id >= tick_id
+    async def _release(self, batch: list[Tick]) -> None:
+        """Tell ``released`` of a written batch and of what was dropped meanwhile (never raises)."""
+        if self.released is None:
+            return
+        done, self._dropped = batch + self._dropped, []
+        try:
+            await self.released(done)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the log keeps them unacknowledged; another replica rewrites them, a no-op
+            log.warning("could not acknowledge %d written ticks: %s", len(done), exc)
 
     async def close(self, timeout: float) -> None:
         """Stop the task, then flush what is queued for at most ``timeout`` seconds."""
@@ -185,8 +198,14 @@ class CopyWriter:
                 break
             if not ok:
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        if self._pending:
+        if self._pending and self.pause_when_failing:  # unacknowledged in the shared log: another replica writes them
+            log.warning(
+                "tick writer stopped with %d ticks unwritten; the log hands them to another replica", len(self._pending)
+            )
+            self._pending.clear()
+        elif self._pending:
             lost = len(self._pending)
             while self._pending:
                 self._drop(self._pending.popleft())
             log.error("tick writer stopped with %d ticks not persisted", lost)
+            await self._release([])

@@ -1,0 +1,344 @@
+"""``redis://``: the shared log as a Redis Stream (see tickhub.broker for what a broker does).
+
+Keys, under ``tickhub:<namespace>:`` (the namespace is the hub's database schema):
+
+* ``ticks``: the stream. An entry's id is ``<hub id>-0``, so a resume by hub id is one XRANGE, and
+  its field ``t`` is the tick's JSON, byte for byte what subscribers get.
+* ``seqs``: a hash, the newest seq appended per source; ``lease``: the ingest lease (holder, TTL);
+  ``trimmed``: every id below it has been trimmed (and, before that, written to PostgreSQL).
+* the consumer group ``writers`` on the stream: each tick goes to one replica's writer, which
+  acknowledges it once persisted; XAUTOCLAIM hands over what a dead replica left pending.
+
+Appends run as one Lua script per batch, so the lease check (fencing), the ``(source, seq)`` dedup
+and the XADDs are atomic. Seqs are compared as decimal strings, not Lua numbers (doubles lose
+integers above 2^53).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .backoff import Backoff
+from .broker import Broker, BrokerUnavailable, LeaseLost, OnTicks
+from .wire import Tick, tick_from_json
+
+log = logging.getLogger("tickhub.broker")
+
+GROUP = "writers"
+APPEND_CHUNK = 1000  # ticks per script call: keeps each call short for the other clients of Redis
+READ_COUNT = 5000
+BLOCK_MS = 1000
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_NEWER = """
+local function newer(a, b)  -- decimal strings without leading zeros
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+"""
+# KEYS: stream, seqs, lease. ARGV: holder, then (id, source, seq, json) per tick, in id order.
+APPEND = (
+    _NEWER
+    + """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('LEASELOST') end
+local top = '0'
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then top = string.match(newest[1][1], '^(%d+)') end
+local last, added = {}, 0
+for i = 2, #ARGV, 4 do
+  local id, source, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local known = last[source] or redis.call('HGET', KEYS[2], source) or '0'
+  if newer(seq, known) and newer(id, top) then
+    redis.call('XADD', KEYS[1], id .. '-0', 't', ARGV[i + 3])
+    last[source], top, added = seq, id, added + 1
+  end
+end
+for source, seq in pairs(last) do redis.call('HSET', KEYS[2], source, seq) end
+return added
+"""
+)
+RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# KEYS: stream, trimmed. ARGV: the lowest id to keep. Trims exactly (an approximate trim keeps whole
+# nodes of 100 entries) and records the mark, never lowering it.
+TRIM = (
+    _NEWER
+    + """
+local mark = redis.call('GET', KEYS[2]) or '0'
+if not newer(ARGV[1], mark) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1] .. '-0')
+"""
+)
+
+
+def entry_id(tick_id: int) -> str:
+    return f"{tick_id}-0"
+
+
+def hub_id_of(entry: bytes | str) -> int:
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    return int(text.partition("-")[0])
+
+
+def _ticks(entries: list[Any]) -> list[Tick]:
+    return [tick_from_json(fields[b"t"]) for _, fields in entries if fields and b"t" in fields]
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for /health and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisBroker(Broker):
+    scheme = "redis"
+    local = False
+
+    def __init__(self, url: str, namespace: str, retention: float = 300.0, claim_after: float = 30.0) -> None:
+        super().__init__(url, namespace, retention, claim_after)
+        prefix = f"tickhub:{namespace}:"
+        self.stream, self.seqs_key = prefix + "ticks", prefix + "seqs"
+        self.lease_key, self.trimmed_key = prefix + "lease", prefix + "trimmed"
+        self._redis: redis.Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._checkpoints: deque[tuple[float, int]] = deque()  # (when, newest id appended), one a second
+        self.read_id = 0  # the newest id handed to this replica's subscribers
+        self.claimed = 0  # ticks taken over from writers that left them unwritten
+        self.state = "connecting"
+        self.errors = 0
+        self.last_error: str | None = None
+
+    @property
+    def r(self) -> redis.Redis:
+        assert self._redis is not None, "RedisBroker.connect() first"
+        return self._redis
+
+    async def connect(self) -> None:
+        # A blocking read holds its connection for BLOCK_MS: the socket timeout must be longer.
+        self._redis = redis.from_url(
+            self.url, socket_timeout=BLOCK_MS / 1000 + 4, socket_connect_timeout=5, health_check_interval=15
+        )
+        try:
+            await self.r.ping()
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it first
+                await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except UNAVAILABLE as exc:
+            await self.close()
+            raise BrokerUnavailable(f"Redis at {redacted(self.url)}: {exc}") from exc
+        self._append = self.r.register_script(APPEND)
+        self._renew = self.r.register_script(RENEW)
+        self._release = self.r.register_script(RELEASE)
+        self._trim_script = self.r.register_script(TRIM)
+        self.state = "connected"
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = None
+
+    # -- the ingest lease ------------------------------------------------------------------------
+
+    async def acquire(self, holder: str, ttl: float) -> bool:
+        with _unavailable():
+            if await self.r.set(self.lease_key, holder, nx=True, px=int(ttl * 1000)):
+                return True
+            return await self.renew(holder, ttl)
+
+    async def renew(self, holder: str, ttl: float) -> bool:
+        with _unavailable():
+            return bool(await self._renew(keys=[self.lease_key], args=[holder, int(ttl * 1000)]))
+
+    async def release(self, holder: str) -> None:
+        with _unavailable():
+            await self._release(keys=[self.lease_key], args=[holder])
+
+    # -- the log ---------------------------------------------------------------------------------
+
+    async def append(self, holder: str, ticks: Sequence[Tick]) -> int:
+        if not ticks:
+            return 0
+        keys = [self.stream, self.seqs_key, self.lease_key]
+        pipe = self.r.pipeline(transaction=False)
+        for low in range(0, len(ticks), APPEND_CHUNK):
+            args: list[Any] = [holder]
+            for t in ticks[low : low + APPEND_CHUNK]:
+                args += (t.id, t.source, t.seq, t.json)
+            await self._append(keys=keys, args=args, client=pipe)
+        with _unavailable():
+            results = await pipe.execute(raise_on_error=False)
+        added = 0
+        for result in results:
+            if isinstance(result, ResponseError):
+                if "LEASELOST" in str(result):
+                    raise LeaseLost(f"the ingest lease is not {holder}'s")
+                raise result
+            added += int(result)
+        now = time.monotonic()
+        if not self._checkpoints or now - self._checkpoints[-1][0] >= 1.0:
+            self._checkpoints.append((now, ticks[-1].id))
+        return added
+
+    async def trim(self) -> None:
+        """Drop what is older than the retention and written by every writer (the ingesting replica
+        calls this now and then); forget consumers that left nothing pending long ago."""
+        horizon = time.monotonic() - self.retention
+        cutoff = None
+        while self._checkpoints and self._checkpoints[0][0] <= horizon:
+            cutoff = self._checkpoints.popleft()[1]
+        if cutoff is None:
+            return
+        with _unavailable():
+            pending = await self.r.xpending(self.stream, GROUP)
+            groups = {g["name"].decode(): g for g in await self.r.xinfo_groups(self.stream)}
+            keep = cutoff + 1
+            if pending["pending"]:
+                keep = min(keep, hub_id_of(pending["min"]))
+            delivered = groups.get(GROUP, {}).get("last-delivered-id")
+            if delivered is not None:
+                keep = min(keep, hub_id_of(delivered) + 1)
+            await self._trim_script(keys=[self.stream, self.trimmed_key], args=[keep])
+            for consumer in await self.r.xinfo_consumers(self.stream, GROUP):
+                if not consumer["pending"] and consumer["idle"] > 10_000 * self.claim_after:
+                    await self.r.xgroup_delconsumer(self.stream, GROUP, consumer["name"])
+
+    async def _trimmed_to(self) -> int:
+        mark = await self.r.get(self.trimmed_key)
+        return int(mark) - 1 if mark else 0
+
+    async def last_seqs(self) -> dict[str, int]:
+        with _unavailable():
+            return {k.decode(): int(v) for k, v in (await self.r.hgetall(self.seqs_key)).items()}
+
+    async def subscribe(self, on_ticks: OnTicks, after: int) -> None:
+        self.read_id = after
+        self._tasks.append(asyncio.create_task(self._read(on_ticks), name="tickhub-broker-reader"))
+
+    async def _read(self, on_ticks: OnTicks) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                response = await self.r.xread({self.stream: entry_id(self.read_id)}, count=READ_COUNT, block=BLOCK_MS)
+                self.state = "connected"
+                backoff.reset()
+            except UNAVAILABLE as exc:
+                self._failed(exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if not response:
+                continue
+            ticks = _ticks(response[0][1])
+            if ticks:
+                self.read_id = ticks[-1].id
+                on_ticks(ticks)
+
+    async def first_id(self) -> int | None:
+        with _unavailable():
+            first = await self.r.xrange(self.stream, "-", "+", count=1)
+        return hub_id_of(first[0][0]) if first else None
+
+    async def history(self, after: int, before: int, limit: int) -> list[Tick] | None:
+        with _unavailable():
+            if after < await self._trimmed_to():
+                return None
+            entries = await self.r.xrange(self.stream, f"({entry_id(after)}", f"({entry_id(before)}", count=limit)
+        return _ticks(entries)
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    async def feed_writer(self, consumer: str, on_ticks: OnTicks, room: asyncio.Event) -> None:
+        self._tasks.append(asyncio.create_task(self._feed(consumer, on_ticks, room), name="tickhub-broker-writer"))
+
+    async def _feed(self, consumer: str, on_ticks: OnTicks, room: asyncio.Event) -> None:
+        backoff = Backoff(0.1, 5.0)
+        next_claim = 0.0
+        while True:
+            await room.wait()  # the writer is behind: the stream keeps the ticks meanwhile
+            try:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.claim_after / 2
+                    await self._claim(consumer, on_ticks)
+                response = await self.r.xreadgroup(
+                    GROUP, consumer, {self.stream: ">"}, count=READ_COUNT, block=BLOCK_MS
+                )
+                backoff.reset()
+            except UNAVAILABLE as exc:
+                self._failed(exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if response:
+                ticks = _ticks(response[0][1])
+                if ticks:
+                    on_ticks(ticks)
+
+    async def _claim(self, consumer: str, on_ticks: OnTicks) -> None:
+        """Take over what other writers were handed ``claim_after`` seconds ago and never acknowledged."""
+        start = "0-0"
+        while True:
+            start, entries, *_ = await self.r.xautoclaim(
+                self.stream, GROUP, consumer, int(self.claim_after * 1000), start_id=start, count=READ_COUNT
+            )
+            ticks = _ticks(entries)
+            if ticks:
+                log.info("took over %d unwritten ticks from a replica that left them", len(ticks))
+                self.claimed += len(ticks)
+                on_ticks(ticks)
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def written(self, consumer: str, ticks: Sequence[Tick]) -> None:
+        ids = [entry_id(t.id) for t in ticks]
+        with _unavailable():
+            for low in range(0, len(ids), 10000):
+                await self.r.xack(self.stream, GROUP, *ids[low : low + 10000])
+
+    def _failed(self, exc: BaseException) -> None:
+        self.state = "unavailable"
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self.errors == 1 or self.errors % 100 == 0:
+            log.warning("Redis at %s unavailable (%d so far): %s", redacted(self.url), self.errors, self.last_error)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "url": redacted(self.url),
+            "stream": self.stream,
+            "state": self.state,
+            "read_id": str(self.read_id) if self.read_id else None,
+            "retention_s": self.retention,
+            "claimed": self.claimed,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+
+@contextlib.contextmanager
+def _unavailable():
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except RedisError as exc:
+        if "LEASELOST" in str(exc):
+            raise LeaseLost(str(exc)) from exc
+        raise
