@@ -176,3 +176,21 @@ async def test_written_ticks_leave_the_log_after_the_retention(make_broker: Make
     assert await a.history(RUN, RUN + 20, 100) is None, "the log no longer reaches back: PostgreSQL has those"
     kept = await a.history(RUN + 6, RUN + 20, 100)
     assert kept is not None and [t.id for t in kept] == list(range(RUN + 7, RUN + 11))
+
+
+async def test_a_reader_behind_what_the_log_let_go_is_told_of_the_gap(make_broker: MakeBroker) -> None:
+    a = await make_broker(retention=0.0)
+    got: list[Tick] = []
+    room = asyncio.Event()
+    room.set()
+    await a.feed_writer("w", got.extend, room)
+    assert await a.acquire("a", 5.0)
+    await a.append("a", ticks(RUN + 1, 10))
+    await wait_for(lambda: len(got) == 10, 5, "the writer's share")
+    await a.written("w", got)
+    await a.trim()
+    gaps: list[tuple[int, int]] = []
+    behind = await make_broker()
+    await behind.subscribe(lambda ticks: None, RUN + 2, lambda after, resume: gaps.append((after, resume)))
+    await wait_for(lambda: gaps, 5, "the gap to be reported")
+    assert gaps[0][0] == RUN + 2 and gaps[0][1] >= RUN + 10

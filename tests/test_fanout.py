@@ -246,3 +246,24 @@ async def test_a_flush_cut_into_slices_reaches_everyone_once_and_skips_who_left(
     assert all(c.tick_ids() == [1, 2] for c in clients if c is not leaver)
     assert fanout.count == 299
     await fanout.close()
+
+
+async def test_after_the_ring_loses_continuity_every_subscriber_resyncs_before_the_next_tick() -> None:
+    """A replica that missed ticks clears its ring and resyncs everyone: nobody sees the jump as if
+    it were continuous."""
+    fanout = await make_fanout()
+    clients = [FakeClient(), FakeClient(frozenset({"A"}))]
+    for c in clients:
+        fanout.attach(c.sub, fanout.ring.head)
+    fanout.publish(1, "A", frame(1))
+    fanout.publish(2, "A", frame(2))
+    fanout.resync_all("history_unavailable")
+    assert len(fanout.ring) == 0
+    fanout.publish(9, "A", frame(9))
+    fanout.flush()
+    for c in clients:
+        kinds = [(e[0], e[2]) for e in c.events()]
+        assert kinds[:2] == [("tick", "1"), ("tick", "2")], "what came before the gap is delivered first"
+        assert [k for k, _ in kinds[2:]] == ["resync", "snapshot", "tick"] and kinds[-1][1] == "9"
+    assert fanout.resyncs == 2
+    await fanout.close()

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 from .wire import Tick
 
 OnTicks = Callable[[list[Tick]], None]
+#: Told the id after which a reader missed ticks (trimmed before it read them), and where it resumes.
+OnGap = Callable[[int, int], None]
 
 
 class LeaseLost(RuntimeError):
@@ -89,9 +91,11 @@ class Broker(ABC):
         """The newest seq in the log of each source: where a new ingesting replica resumes them."""
 
     @abstractmethod
-    async def subscribe(self, on_ticks: OnTicks, after: int) -> None:
+    async def subscribe(self, on_ticks: OnTicks, after: int, on_gap: OnGap | None = None) -> None:
         """Hand every tick with an id above ``after`` to ``on_ticks``, in id order, batches as they
-        come, until :meth:`close` (retained ticks first, then each append)."""
+        come, until :meth:`close` (retained ticks first, then each append). If the log has let go
+        of ticks above ``after`` before they were handed over (a reader cut off from it for longer
+        than the retention), ``on_gap`` is told, and reading goes on from what the log holds."""
 
     @abstractmethod
     async def first_id(self) -> int | None:
@@ -236,7 +240,9 @@ class MemoryBroker(Broker):
     async def last_seqs(self) -> dict[str, int]:
         return dict(self._log.seqs)
 
-    async def subscribe(self, on_ticks: OnTicks, after: int) -> None:
+    async def subscribe(self, on_ticks: OnTicks, after: int, on_gap: OnGap | None = None) -> None:
+        if after < self._log.trimmed_to and on_gap is not None:
+            on_gap(after, self._log.trimmed_to)
         retained = [t for t in self._log.ticks if t.id > after]
         if retained:
             on_ticks(retained)

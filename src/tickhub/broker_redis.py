@@ -26,12 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
+import stamina
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import Backoff
-from .broker import Broker, BrokerUnavailable, LeaseLost, OnTicks
+from .broker import Broker, BrokerUnavailable, LeaseLost, OnGap, OnTicks
 from .wire import Tick, tick_from_json
 
 log = logging.getLogger("tickhub.broker")
@@ -117,9 +118,11 @@ class RedisBroker(Broker):
         self.lease_key, self.trimmed_key = prefix + "lease", prefix + "trimmed"
         self._redis: redis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._checkpoints: deque[tuple[float, int]] = deque()  # (when, newest id appended), one a second
         self.read_id = 0  # the newest id handed to this replica's subscribers
         self.claimed = 0  # ticks taken over from writers that left them unwritten
+        self.gaps = 0  # times the log had trimmed ticks this replica had not read yet
         self.state = "connecting"
         self.errors = 0
         self.last_error: str | None = None
@@ -130,17 +133,23 @@ class RedisBroker(Broker):
         return self._redis
 
     async def connect(self) -> None:
+        """Connect (retrying briefly while Redis starts) and make the writers' group."""
         # A blocking read holds its connection for BLOCK_MS: the socket timeout must be longer.
         self._redis = redis.from_url(
             self.url, socket_timeout=BLOCK_MS / 1000 + 4, socket_connect_timeout=5, health_check_interval=15
         )
-        try:
+
+        @stamina.retry(on=UNAVAILABLE, attempts=6, timeout=20.0, wait_max=3.0)
+        async def ready() -> None:
             await self.r.ping()
             with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it first
                 await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+
+        try:
+            await ready()
         except UNAVAILABLE as exc:
             await self.close()
-            raise BrokerUnavailable(f"Redis at {redacted(self.url)}: {exc}") from exc
+            raise BrokerUnavailable(f"Redis at {redacted(self.url)} is not reachable: {exc}") from exc
         self._append = self.r.register_script(APPEND)
         self._renew = self.r.register_script(RENEW)
         self._release = self.r.register_script(RELEASE)
@@ -148,10 +157,20 @@ class RedisBroker(Broker):
         self.state = "connected"
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        """Stop the readers, then the connections. redis-py may not let a cancelled blocking read go
+        (redis/redis-py#2579, #2666), so the loops are not cancelled: closing their connections
+        under them ends their reads, and they return on seeing ``_closing``."""
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect(inuse_connections=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=BLOCK_MS / 1000 + 1)
+            for task in pending:  # not back from a read within its block time: cancel as a last resort
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -230,22 +249,35 @@ class RedisBroker(Broker):
         with _unavailable():
             return {k.decode(): int(v) for k, v in (await self.r.hgetall(self.seqs_key)).items()}
 
-    async def subscribe(self, on_ticks: OnTicks, after: int) -> None:
+    async def subscribe(self, on_ticks: OnTicks, after: int, on_gap: OnGap | None = None) -> None:
         self.read_id = after
-        self._tasks.append(asyncio.create_task(self._read(on_ticks), name="tickhub-broker-reader"))
+        self._tasks.append(asyncio.create_task(self._read(on_ticks, on_gap), name="tickhub-broker-reader"))
 
-    async def _read(self, on_ticks: OnTicks) -> None:
+    async def _read(self, on_ticks: OnTicks, on_gap: OnGap | None) -> None:
         backoff = Backoff(0.1, 5.0)
-        while True:
+        check_gap = True  # at the start and after every outage: did the log trim what we have not read?
+        while not self._closing:
             try:
+                if check_gap:
+                    trimmed = await self._trimmed_to()
+                    if self.read_id < trimmed:
+                        self.gaps += 1
+                        log.warning("the log trimmed ticks after id %d before this replica read them", self.read_id)
+                        if on_gap is not None:
+                            on_gap(self.read_id, trimmed)
+                        self.read_id = trimmed
+                    check_gap = False
                 response = await self.r.xread({self.stream: entry_id(self.read_id)}, count=READ_COUNT, block=BLOCK_MS)
                 self.state = "connected"
                 backoff.reset()
             except UNAVAILABLE as exc:
+                if self._closing:
+                    return
                 self._failed(exc)
+                check_gap = True
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            if not response:
+            if not response or self._closing:
                 continue
             ticks = _ticks(response[0][1])
             if ticks:
@@ -272,7 +304,7 @@ class RedisBroker(Broker):
     async def _feed(self, consumer: str, on_ticks: OnTicks, room: asyncio.Event) -> None:
         backoff = Backoff(0.1, 5.0)
         next_claim = 0.0
-        while True:
+        while not self._closing:
             await room.wait()  # the writer is behind: the stream keeps the ticks meanwhile
             try:
                 if time.monotonic() >= next_claim:
@@ -283,10 +315,12 @@ class RedisBroker(Broker):
                 )
                 backoff.reset()
             except UNAVAILABLE as exc:
+                if self._closing:
+                    return
                 self._failed(exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            if response:
+            if response and not self._closing:
                 ticks = _ticks(response[0][1])
                 if ticks:
                     on_ticks(ticks)
@@ -327,6 +361,7 @@ class RedisBroker(Broker):
             "read_id": str(self.read_id) if self.read_id else None,
             "retention_s": self.retention,
             "claimed": self.claimed,
+            "gaps": self.gaps,
             "errors": self.errors,
             "last_error": self.last_error,
         }

@@ -250,6 +250,20 @@ class Fanout:
         if not sub.closed.done():
             sub.closed.set_result(reason)
 
+    def resync_all(self, reason: str) -> None:
+        """Deliver what the ring holds, then empty it and start every subscriber again from a resync
+        and a fresh snapshot: what comes next does not follow on from what they were sent."""
+        while not self.flush():
+            pass
+        self.ring.clear()
+        groups, self._idle = self._idle, {}
+        for by_filter in groups.values():
+            for subs in by_filter.values():
+                for sub in subs:
+                    sub.cursor = self.ring.head
+                    self.resyncs += 1
+                    self._deliver(sub, resync_frame(reason) + self.snapshot(sub.symbols))
+
     # -- the flusher ------------------------------------------------------------------------
 
     def _take_batch(self) -> None:

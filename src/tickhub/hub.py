@@ -137,7 +137,7 @@ class Hub:
         )
         self.writer.start()
         self.fanout.start()
-        await self.broker.subscribe(self._deliver, after)
+        await self.broker.subscribe(self._deliver, after, self._gap)
         await self.broker.feed_writer(self.hub_id, self._to_writer, self.writer.room)
         self._appender = asyncio.create_task(self._append_loop(), name="tickhub-outbox")
         await self.lease.try_acquire()
@@ -240,6 +240,15 @@ class Hub:
         self._delivered.set()
         self._delivered.clear()
 
+    def _gap(self, after: int, resume: int) -> None:
+        """The log let go of ticks after ``after`` before this replica read them (it was cut off for
+        longer than the retention): its subscribers resync; resumes across the gap use PostgreSQL."""
+        log.warning(
+            "missed the log's ticks from id %d to %d: resyncing %d subscribers", after, resume, self.fanout.count
+        )
+        self.ring_floor_id = resume + 1
+        self.fanout.resync_all("history_unavailable")
+
     def _to_writer(self, ticks: list[Tick]) -> None:
         add = self.writer.add
         for tick in ticks:
@@ -310,7 +319,12 @@ class Hub:
     def health(self) -> dict[str, Any]:
         writer = self.writer
         sources = self.ingest.health() if self.ingest is not None else {}
-        degraded = writer.failing or any(v["state"] != "connected" for v in sources.values())
+        broker = self.broker.health()
+        degraded = (
+            writer.failing
+            or broker.get("state") == "unavailable"
+            or any(v["state"] != "connected" for v in sources.values())
+        )
         return {
             "status": "draining" if self.draining else ("degraded" if degraded else "ok"),
             "run": self.run,
@@ -319,7 +333,7 @@ class Hub:
             "uptime_s": round(time.time() - self.started_at, 3),
             "last_id": str(self.market.last_id) if self.market.last_id is not None else None,
             "sources": sources,
-            "broker": {**self.broker.health(), "lease_gained": self.lease.gained},
+            "broker": {**broker, "lease_gained": self.lease.gained},
             "writer": {
                 "backlog": writer.backlog_size,
                 "written": writer.written,

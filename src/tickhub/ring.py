@@ -41,6 +41,10 @@ class TickRing:
         if self.head - self.start > self.capacity:
             self.start += 1
 
+    def clear(self) -> None:
+        """Forget every frame (positions keep counting): what follows is not continuous with them."""
+        self.start = self.head
+
     @property
     def first_id(self) -> int | None:
         return self._ids[self.start % self.capacity] if self.head > self.start else None
