@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install start start-live test lint bench bench-quick soak clean template screenshot
+.PHONY: install start start-live start-cluster test lint bench bench-quick soak clean template screenshot
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ start: install
 
 start-live: install
 	$(BIN)/tickhub demo --live binance
+
+start-cluster: install  # 3 hub replicas on ports 8000-8002 sharing the machine's Redis (TICKHUB_BROKER_URL)
+	$(BIN)/tickhub demo --replicas 3
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -196,6 +196,14 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--live", choices=("binance", "coinbase", "kraken"), default=None, help="live exchange prices instead of mocks"
     )
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="N hub replicas on consecutive ports sharing a Redis stream (TICKHUB_BROKER_URL, default local Redis)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     settings = commands.add_parser("settings", help="print .env_template (or a Markdown table)")

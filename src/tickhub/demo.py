@@ -169,17 +169,31 @@ async def demo_keys(settings: Settings, db_url: str) -> dict[str, str]:
         await store.close()
 
 
-def bot_children(settings: Settings, keys: dict[str, str], live: str | None = None) -> list[Child]:
+def bot_children(settings: Settings, keys: dict[str, str], live: str | None = None, replicas: int = 1) -> list[Child]:
+    """One child per bot; with several replicas each bot follows another one."""
     symbols = ",".join(hub_symbols(live))
-    hub = f"http://{settings.host}:{settings.port}"
     return [
         Child(
             name,
-            [sys.executable, "-m", "tickhub", "bot", name, "--symbols", symbols, "--hub", hub],
+            [
+                sys.executable,
+                "-m",
+                "tickhub",
+                "bot",
+                name,
+                "--symbols",
+                symbols,
+                "--hub",
+                hub_url(settings, i % replicas),
+            ],
             env={"TICKHUB_API_KEY": key},
         )
-        for name, key in keys.items()
+        for i, (name, key) in enumerate(keys.items())
     ]
+
+
+def hub_url(settings: Settings, replica: int = 0) -> str:
+    return f"http://{settings.host}:{settings.port + replica}"
 
 
 def live_source(venue: str, host: str, port: int) -> Child:
@@ -188,16 +202,25 @@ def live_source(venue: str, host: str, port: int) -> Child:
     return Child(venue, [*argv, "--host", host, "--port", str(port)], ready_url=f"http://{host}:{port}/")
 
 
-def demo_children(settings: Settings, db_url: str, interval: float, live: str | None = None) -> list[Child]:
+def demo_children(
+    settings: Settings,
+    db_url: str,
+    interval: float,
+    live: str | None = None,
+    replicas: int = 1,
+    broker_url: str | None = None,
+) -> list[Child]:
+    """The sources, then the hub (or ``replicas`` hubs on consecutive ports sharing ``broker_url``)."""
     python = sys.executable
     host, port = settings.host, settings.port
     children = []
     urls = []
+    first_source = port + (1 if replicas == 1 else 10)  # replicas take port .. port + replicas - 1
     if live is not None:
-        children.append(live_source(live, host, port + 1))
-        urls.append(f"{live}=http://{host}:{port + 1}/stream")
-    for offset, (name, symbol, start) in enumerate(DEMO_SOURCES if live is None else (), start=1):
-        source_port = port + offset
+        children.append(live_source(live, host, first_source))
+        urls.append(f"{live}=http://{host}:{first_source}/stream")
+    for offset, (name, symbol, start) in enumerate(DEMO_SOURCES if live is None else ()):
+        source_port = first_source + offset
         children.append(
             Child(
                 name,
@@ -224,19 +247,19 @@ def demo_children(settings: Settings, db_url: str, interval: float, live: str | 
             )
         )
         urls.append(f"{name}=http://{host}:{source_port}/stream")
-    children.append(
-        Child(
-            "hub",
-            [python, "-m", "tickhub", "hub"],
-            env={
-                "TICKHUB_DATABASE_URL": db_url,
-                "TICKHUB_SOURCES": ",".join(urls),
-                "TICKHUB_HOST": host,
-                "TICKHUB_PORT": str(port),
-            },
-            ready_url=f"http://{host}:{port}/ping",
+    for replica in range(replicas):
+        env = {
+            "TICKHUB_DATABASE_URL": db_url,
+            "TICKHUB_SOURCES": ",".join(urls),
+            "TICKHUB_HOST": host,
+            "TICKHUB_PORT": str(port + replica),
+        }
+        if broker_url is not None:
+            env["TICKHUB_BROKER_URL"] = broker_url
+        name = "hub" if replicas == 1 else f"hub-{replica}"
+        children.append(
+            Child(name, [python, "-m", "tickhub", "hub"], env=env, ready_url=f"http://{host}:{port + replica}/ping")
         )
-    )
     return children
 
 
@@ -277,19 +300,27 @@ def _ticker_line(prices: dict[str, str], before: dict[str, str]) -> str:
     return "   ".join(parts)
 
 
-def banner(settings: Settings) -> str:
-    base = f"http://{settings.host}:{settings.port}"
-    return (
-        "\n"
-        "  tickhub demo market is up\n"
-        f"    stream   curl -N {base}/stream\n"
-        f"    prices   {base}/prices\n"
-        f"    health   {base}/health\n"
-        "  Ctrl-C stops everything.\n"
-    )
+def banner(settings: Settings, replicas: int = 1) -> str:
+    base = hub_url(settings)
+    lines = ["", "  tickhub demo market is up" + (f": {replicas} hub replicas sharing Redis" if replicas > 1 else "")]
+    lines.append(f"    dashboard {base}/")
+    for replica in range(replicas):
+        url = hub_url(settings, replica)
+        suffix = "" if replicas == 1 else f"   (replica {replica}: {url}/health shows its role)"
+        lines.append(f"    stream   curl -N {url}/stream{suffix}")
+    lines += [f"    prices   {base}/prices", f"    health   {base}/health", "  Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
 
 
-async def _demo(settings: Settings, db_url: str, interval: float, bots: bool, live: str | None = None) -> int:
+async def _demo(
+    settings: Settings,
+    db_url: str,
+    interval: float,
+    bots: bool,
+    live: str | None = None,
+    replicas: int = 1,
+    broker_url: str | None = None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -298,16 +329,16 @@ async def _demo(settings: Settings, db_url: str, interval: float, bots: bool, li
     ticker: asyncio.Task[None] | None = None
     code = 0
     try:
-        for child in demo_children(settings, db_url, interval, live):
+        for child in demo_children(settings, db_url, interval, live, replicas, broker_url):
             if stop.is_set():
                 break
             await supervisor.start(child)
         if bots and not stop.is_set():
-            for child in bot_children(settings, await demo_keys(settings, db_url), live):
+            for child in bot_children(settings, await demo_keys(settings, db_url), live, replicas):
                 await supervisor.start(child)
         if not stop.is_set():
-            print(banner(settings), flush=True)
-            ticker = asyncio.create_task(market_ticker(f"http://{settings.host}:{settings.port}"))
+            print(banner(settings, replicas), flush=True)
+            ticker = asyncio.create_task(market_ticker(hub_url(settings)))
             stopper = asyncio.create_task(stop.wait())
             exited = asyncio.create_task(supervisor.wait_any_exit())
             done, _ = await asyncio.wait({stopper, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -331,5 +362,37 @@ async def _demo(settings: Settings, db_url: str, interval: float, bots: bool, li
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    replicas = getattr(args, "replicas", 1)
+    broker_url = None
+    if replicas > 1:
+        broker_url = settings.broker_url if settings.broker_url.startswith("redis") else CLUSTER_REDIS
+        problem = redis_problem(broker_url)
+        if problem is not None:
+            print(
+                f"demo: {replicas} replicas share a Redis stream, and Redis at {broker_url} is not reachable "
+                f"({problem}). Start one (redis-server) or set TICKHUB_BROKER_URL=redis://host:port/db.",
+                file=sys.stderr,
+            )
+            return 2
     with database_url(settings.database_url, settings.data_dir) as url:
-        return aio.run(_demo(settings, url, args.interval, not args.no_bots, getattr(args, "live", None)))
+        return aio.run(
+            _demo(settings, url, args.interval, not args.no_bots, getattr(args, "live", None), replicas, broker_url)
+        )
+
+
+CLUSTER_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_problem(url: str) -> str | None:
+    """Why Redis at ``url`` cannot be used, or None if it answers."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        return str(exc)
+    return None
