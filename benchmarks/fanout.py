@@ -7,7 +7,7 @@ import math
 import shutil
 from dataclasses import dataclass
 
-from .common import CpuMeter, Latency, fresh_schema, progress
+from .common import CpuMeter, Latency, clear_redis, fresh_schema, progress
 from .rig import Fleet, Reading, Rig, Window, rig
 
 P99_LIMIT_MS = 100.0
@@ -69,7 +69,7 @@ async def measure(the_rig: Rig, fleet: Fleet, kind: str, n: int, rate: float, wa
     w = Window.between(a, b)
     step = Step(kind, n, rate, published, w.rate, w.latency, hub_cpu, client_cpu, w.writes / w.seconds)
     progress(
-        f"  {kind:7s} N={n:<5d} {rate:8.0f} ticks/s -> {step.delivered:9.0f} deliveries/s  "
+        f"  {kind:10s} N={n:<5d} {rate:8.0f} ticks/s -> {step.delivered:9.0f} deliveries/s  "
         f"p50 {step.p50:6.2f} ms  p99 {step.p99:7.2f} ms  hub {hub_cpu:3.0f}%  clients {client_cpu:3.0f}%"
     )
     return step
@@ -80,28 +80,45 @@ def client_processes(n: int) -> int:
 
 
 async def open_fleet(the_rig: Rig, n: int, *extra: str) -> tuple[Fleet, Reading]:
+    """``n`` subscribers, spread evenly over the rig's hub replicas."""
     fleet = Fleet()
-    await fleet.start(the_rig.hub_port, n, client_processes(n), *extra)
+    ports = the_rig.hub_ports
+    for i, port in enumerate(ports):
+        share = n // len(ports) + (i < n % len(ports))
+        await fleet.start(port, share, max(1, client_processes(n) // len(ports)), *extra)
     reading = await fleet.wait_open(n, timeout=60 + n / 100)
     return fleet, reading
 
 
-async def ramp(args, kind: str, n: int, targets: list[float]) -> list[Step]:
+async def ramp(
+    args, kind: str, n: int, targets: list[float], replicas: int = 1, label: str = "", **hub_env: str
+) -> list[Step]:
     """Raise the publish rate step by step until p99 passes 100 ms or subscribers fall behind."""
-    progress(f"fan-out ramp: {kind}, {n} subscribers")
+    label = label or kind
+    progress(f"fan-out ramp: {label}, {n} subscribers")
     steps: list[Step] = []
-    async with fresh_schema(args.database_url, "bench_fanout") as schema, rig(kind, args.database_url, schema) as r:
+    async with (
+        fresh_schema(args.database_url, "bench_fanout") as schema,
+        rig(kind, args.database_url, schema, replicas, **hub_env) as r,
+    ):
         fleet, _ = await open_fleet(r, n)
         try:
             for target in targets:
-                step = await measure(r, fleet, kind, n, target / n, args.warmup, args.window)
+                step = await measure(r, fleet, label, n, target / n, args.warmup, args.window)
                 steps.append(step)
                 if not step.ok:
                     break
         finally:
             await r.set_rate(0)
             await fleet.stop()
+    if "TICKHUB_BROKER_URL" in hub_env:  # the hubs have stopped: their namespace (their schema) can go
+        await clear_redis(hub_env["TICKHUB_BROKER_URL"], schema)
     return steps
+
+
+async def replicas_ramp(args, replicas: int, n: int, targets: list[float]) -> list[Step]:
+    """The ramp with ``replicas`` hubs sharing a Redis stream, the subscribers spread over them."""
+    return await ramp(args, "tickhub", n, targets, replicas, f"{replicas}x redis", TICKHUB_BROKER_URL=args.redis_url)
 
 
 async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:

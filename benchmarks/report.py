@@ -258,6 +258,30 @@ def composite_section(results: dict) -> list[str]:
     return out
 
 
+def replicas_section(results: dict) -> list[str]:
+    if "replicas" not in results:
+        return []
+    runs = results["replicas"]
+    out = [
+        "## 8. Replicas over Redis Streams",
+        "",
+        f"The ramp with hub replicas sharing the machine's Redis (`TICKHUB_BROKER_URL`), {runs[0][0].subscribers} "
+        "subscribers spread evenly over them, one replica ingesting. On one 2-core machine every replica, Redis, "
+        "the publisher and the load processes share the same two cores, so this shows the cost of the shared log "
+        "more than the gain of more machines.",
+        "",
+        "| replicas | max deliveries/s at p99 ≤ 100 ms (all replicas together) |",
+        "|---:|---:|",
+    ]
+    for steps in runs:
+        out.append(f"| {steps[0].kind.split('x')[0]} | {best_text(steps)} |")
+    if len(runs) == 2 and best(runs[0])[0]:
+        out += ["", f"3 replicas deliver **{best(runs[1])[0] / best(runs[0])[0]:.2f}×** what 1 does."]
+    for steps in runs:
+        out += ["", f"### {steps[0].kind}", "", ramp_table(steps)]
+    return out
+
+
 def targets_table(results: dict) -> str:
     rows = ["| target | measured | |", "|---|---|---|"]
 
@@ -341,6 +365,7 @@ def render(results: dict, machine_text: str, command: str, previous: str) -> str
         latency_section,
         slow_section,
         composite_section,
+        replicas_section,
     ):
         lines = section(results)
         if lines:

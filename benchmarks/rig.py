@@ -133,24 +133,30 @@ class Window:
 
 
 class Rig:
-    """One publisher and one hub on loopback; subscriber fleets are added by the scenario."""
+    """One publisher and one or more hub replicas on loopback; subscriber fleets are added by the scenario."""
 
-    def __init__(self, hub_port: int, publisher_port: int, procs: list[Any]) -> None:
-        self.hub_port = hub_port
+    def __init__(self, hub_ports: list[int], publisher_port: int, procs: list[Any], hubs: list[Any]) -> None:
+        self.hub_ports = hub_ports
         self.publisher_port = publisher_port
         self.procs = procs
+        self.hubs = hubs
         self.session = aiohttp.ClientSession()
 
     @property
+    def hub_port(self) -> int:
+        return self.hub_ports[0]
+
+    @property
     def hub_pid(self) -> int:
-        return self.procs[-1].pid
+        return self.hubs[0].pid
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.hub_port}"
 
     def hub_meter(self) -> CpuMeter:
-        return CpuMeter([self.hub_pid])
+        """CPU and memory of every hub replica together."""
+        return CpuMeter([hub.pid for hub in self.hubs])
 
     async def set_rate(self, rate: float) -> None:
         url = f"http://127.0.0.1:{self.publisher_port}/rate"
@@ -162,33 +168,36 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(kind: str, database_url: str, schema: str, **hub_env: str) -> AsyncIterator[Rig]:
+async def rig(kind: str, database_url: str, schema: str, replicas: int = 1, **hub_env: str) -> AsyncIterator[Rig]:
     """``kind`` is "tickhub", "ring-sse" (benchmarks.ring_sse_hub) or "naive" (benchmarks.naive_hub);
-    ``hub_env`` are extra TICKHUB_* settings for the first two."""
-    publisher_port, hub_port = free_port(), free_port()
+    ``hub_env`` are extra TICKHUB_* settings for the first two. ``replicas`` tickhub hubs share the
+    broker of ``TICKHUB_BROKER_URL`` in ``hub_env``."""
+    publisher_port, hub_ports = free_port(), [free_port() for _ in range(replicas)]
     procs: list[Any] = [spawn([PYTHON, "-m", "benchmarks.publisher", "--port", str(publisher_port)])]
     source = f"http://127.0.0.1:{publisher_port}/stream"
     env = {
         "TICKHUB_DATABASE_URL": database_url,
-        "TICKHUB_DATABASE_SCHEMA": schema,
+        "TICKHUB_DATABASE_SCHEMA": schema,  # also the hubs' namespace in Redis
         "TICKHUB_SOURCES": f"bench={source}",
-        "TICKHUB_PORT": str(hub_port),
         "TICKHUB_INSTRUMENTS": "none",
         "TICKHUB_MAX_STREAMS_PER_CLIENT": "100000",
         "TICKHUB_LOG_LEVEL": "warning",
         **hub_env,
     }
-    commands = {
-        "tickhub": ([PYTHON, "-m", "tickhub", "hub"], "/ping"),
-        "ring-sse": ([PYTHON, "-m", "benchmarks.ring_sse_hub", "--port", str(hub_port)], "/health"),
-        "naive": ([PYTHON, "-m", "benchmarks.naive_hub", "--port", str(hub_port), "--source", source], "/health"),
-    }
-    argv, ready = commands[kind]
+    hubs: list[Any] = []
     try:
         await wait_http(f"http://127.0.0.1:{publisher_port}/")
-        procs.append(spawn(argv, env, quiet=False))
-        await wait_http(f"http://127.0.0.1:{hub_port}{ready}", timeout=60)
-        the_rig = Rig(hub_port, publisher_port, procs)
+        for port in hub_ports:
+            commands = {
+                "tickhub": ([PYTHON, "-m", "tickhub", "hub"], "/ping"),
+                "ring-sse": ([PYTHON, "-m", "benchmarks.ring_sse_hub", "--port", str(port)], "/health"),
+                "naive": ([PYTHON, "-m", "benchmarks.naive_hub", "--port", str(port), "--source", source], "/health"),
+            }
+            argv, ready = commands[kind]
+            hubs.append(spawn(argv, {**env, "TICKHUB_PORT": str(port)}, quiet=False))
+            procs.append(hubs[-1])
+            await wait_http(f"http://127.0.0.1:{port}{ready}", timeout=60)
+        the_rig = Rig(hub_ports, publisher_port, procs, hubs)
         try:
             yield the_rig
         finally:

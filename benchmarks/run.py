@@ -20,11 +20,11 @@ from tickhub import aio
 
 from . import report
 from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
-from .fanout import fixed_load, ramp, rest_under_load, slow_consumers
+from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers
 from .idle import idle_subscribers
 from .ingest import composite_on_off, ingest_vs_copy
 
-SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite")
+SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "replicas")
 
 
 def plan(quick: bool) -> dict:
@@ -39,6 +39,7 @@ def plan(quick: bool) -> dict:
             "idle": 2000,
             "ingest": (2, 100_000),
             "composite": (2, 50_000, 1),
+            "replicas": (1500, [150e3, 300e3, 600e3]),
         }
     steps = [50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6, 5.6e6]
     return {
@@ -54,6 +55,7 @@ def plan(quick: bool) -> dict:
         "idle": 10_000,
         "ingest": (2, 300_000),
         "composite": (2, 100_000, 2),
+        "replicas": (1500, [150e3, 300e3, 600e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6]),
     }
 
 
@@ -79,6 +81,9 @@ async def main(args: argparse.Namespace) -> None:
         results["ingest"] = await ingest_vs_copy(args, *p["ingest"])
     if "composite" in only:
         results["composite"] = await composite_on_off(args, *p["composite"])
+    if "replicas" in only:
+        n, targets = p["replicas"]
+        results["replicas"] = [await replicas_ramp(args, replicas, n, targets) for replicas in (1, 3)]
     results["seconds"] = time.perf_counter() - started
     out = Path(args.output or (".tickhub/BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=None, help="seconds measured at each rate")
     parser.add_argument(
         "--database-url", default=os.environ.get("TICKHUB_DATABASE_URL") or DEFAULT_DATABASE_URL, help="PostgreSQL DSN"
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("TICKHUB_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0",
+        help="Redis for the replicas scenario",
     )
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.only.split(","))) - set(SCENARIOS)

@@ -270,7 +270,7 @@ class RedisBroker(Broker):
                 response = await self.r.xread({self.stream: entry_id(self.read_id)}, count=READ_COUNT, block=BLOCK_MS)
                 self.state = "connected"
                 backoff.reset()
-            except UNAVAILABLE as exc:
+            except (*UNAVAILABLE, ResponseError) as exc:
                 if self._closing:
                     return
                 self._failed(exc)
@@ -314,10 +314,13 @@ class RedisBroker(Broker):
                     GROUP, consumer, {self.stream: ">"}, count=READ_COUNT, block=BLOCK_MS
                 )
                 backoff.reset()
-            except UNAVAILABLE as exc:
+            except (*UNAVAILABLE, ResponseError) as exc:
                 if self._closing:
                     return
                 self._failed(exc)
+                if isinstance(exc, ResponseError):  # NOGROUP/UNBLOCKED: the stream was deleted (a Redis reset)
+                    with contextlib.suppress(RedisError):
+                        await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if response and not self._closing:

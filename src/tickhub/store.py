@@ -41,7 +41,7 @@ SQL_UPSERT_LATEST = """
 INSERT INTO latest_ticks (symbol, source, id, price, ts, seq, extra)
 SELECT * FROM unnest(
     $1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[], $7::jsonb[]
-)
+) AS u (symbol, source, id, price, ts, seq, extra) ORDER BY symbol, source
 ON CONFLICT (symbol, source) DO UPDATE
     SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq, extra = EXCLUDED.extra
     WHERE latest_ticks.id < EXCLUDED.id
@@ -239,13 +239,15 @@ class Store:
         """Persist a batch in one transaction; ticks already stored (same source, seq) are skipped."""
         rows = copy_rows(ticks)
         latest: dict[tuple[str, str], Tick] = {}
-        for t in ticks:
-            latest[t.symbol, t.source] = t
+        for t in ticks:  # in id order, except ticks taken over from another replica's writer
+            known = latest.get((t.symbol, t.source))
+            if known is None or t.id > known.id:
+                latest[t.symbol, t.source] = t
+        # In key order: replicas' writers update the same rows, and the same order for all of them is
+        # what keeps two transactions from each waiting for a row the other holds (a deadlock).
+        newest = [latest[key] for key in sorted(latest)]
         columns = list(
-            zip(
-                *((t.symbol, t.source, t.id, t.price, t.time, t.seq, _extra_text(t)) for t in latest.values()),
-                strict=True,
-            )
+            zip(*((t.symbol, t.source, t.id, t.price, t.time, t.seq, _extra_text(t)) for t in newest), strict=True)
         )
         with unavailable_as_error():
             async with self.pool.acquire() as conn:
