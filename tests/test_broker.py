@@ -25,6 +25,15 @@ def ticks(first_id: int, n: int, source: str = "mock", first_seq: int = 1, symbo
     return [Tick(first_id + i, source, symbol, f"{100 + i}.5", T0, first_seq + i) for i in range(n)]
 
 
+async def writer_share(broker: Broker, consumer: str) -> list[Tick]:
+    """What the log hands ``consumer``'s writer, as it comes."""
+    got: list[Tick] = []
+    room = asyncio.Event()
+    room.set()
+    await broker.feed_writer(consumer, got.extend, room)
+    return got
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
     """Makes brokers on one shared log, as replicas would have; closes them and clears the log after."""
@@ -142,12 +151,7 @@ async def test_each_tick_goes_to_one_writer_and_what_a_gone_writer_left_goes_to_
     make_broker: MakeBroker,
 ) -> None:
     a, b = await make_broker(claim_after=0.5), await make_broker(claim_after=0.5)
-    to_a: list[Tick] = []
-    to_b: list[Tick] = []
-    room = asyncio.Event()
-    room.set()
-    await a.feed_writer("writer-a", to_a.extend, room)
-    await b.feed_writer("writer-b", to_b.extend, room)
+    to_a, to_b = await writer_share(a, "writer-a"), await writer_share(b, "writer-b")
     assert await a.acquire("a", 5.0)
     for first in range(1, 400, 100):
         await a.append("a", ticks(RUN + first, 100, first_seq=first))
@@ -162,10 +166,7 @@ async def test_each_tick_goes_to_one_writer_and_what_a_gone_writer_left_goes_to_
 
 async def test_written_ticks_leave_the_log_after_the_retention(make_broker: MakeBroker) -> None:
     a = await make_broker(retention=0.0)
-    got: list[Tick] = []
-    room = asyncio.Event()
-    room.set()
-    await a.feed_writer("w", got.extend, room)
+    got = await writer_share(a, "w")
     assert await a.acquire("a", 5.0)
     await a.append("a", ticks(RUN + 1, 10))
     await wait_for(lambda: len(got) == 10, 5, "the writer's share")
@@ -180,10 +181,7 @@ async def test_written_ticks_leave_the_log_after_the_retention(make_broker: Make
 
 async def test_a_reader_behind_what_the_log_let_go_is_told_of_the_gap(make_broker: MakeBroker) -> None:
     a = await make_broker(retention=0.0)
-    got: list[Tick] = []
-    room = asyncio.Event()
-    room.set()
-    await a.feed_writer("w", got.extend, room)
+    got = await writer_share(a, "w")
     assert await a.acquire("a", 5.0)
     await a.append("a", ticks(RUN + 1, 10))
     await wait_for(lambda: len(got) == 10, 5, "the writer's share")

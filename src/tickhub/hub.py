@@ -26,8 +26,7 @@ from collections import Counter
 from typing import Any
 
 from .accounts import Accounts
-from .backoff import Backoff
-from .broker import Broker, BrokerUnavailable, LeaseLost, open_broker
+from .broker import Broker, open_broker
 from .composite import CompositeBook, Route
 from .config import Settings
 from .fanout import Fanout
@@ -37,6 +36,7 @@ from .instruments import COMPOSITE_SOURCE, load_instruments
 from .lease import IngestLease
 from .market import Market
 from .metrics import HubMetrics
+from .outbox import Outbox
 from .ring import TickRing
 from .sequencer import Sequencer, run_of
 from .store import Store
@@ -73,12 +73,7 @@ class Hub:
         self.tasks: TaskQueue
         self.composite: CompositeBook
         self._composite_routes: dict[str, tuple[Route, ...]] = {}
-        self._outbox: list[Tick] = []
-        self._outbox_ready = asyncio.Event()
-        #: Cleared while the outbox holds more than the writer's high water (the broker is behind).
-        self.outbox_room = asyncio.Event()
-        self.outbox_room.set()
-        self._appender: asyncio.Task[None] | None = None
+        self.outbox: Outbox
         self._delivered = asyncio.Event()  # set on each delivery, for a resume that waits to catch up
         self.run = 0  # the run of the newest id this replica issued or was handed
 
@@ -135,11 +130,14 @@ class Hub:
         self.lease = IngestLease(
             self.broker, self.hub_id, s.lease_ttl, self._start_ingest, self._stop_ingest, self.broker.trim
         )
+        self.outbox = Outbox(
+            self.broker, self.hub_id, s.writer_high_water, self.lease.lost, s.reconnect_min, s.reconnect_max
+        )
         self.writer.start()
         self.fanout.start()
         await self.broker.subscribe(self._deliver, after, self._gap)
         await self.broker.feed_writer(self.hub_id, self._to_writer, self.writer.room)
-        self._appender = asyncio.create_task(self._append_loop(), name="tickhub-outbox")
+        self.outbox.start()
         await self.lease.try_acquire()
         self.lease.start()
         if s.task_worker:
@@ -162,9 +160,10 @@ class Hub:
             seqs[source] = max(seqs.get(source, 0), seq)
         run = await self.store.new_run()
         self.run = run
-        self.sequencer = Sequencer(run, seqs, self._to_outbox)
+        self.sequencer = Sequencer(run, seqs, self.outbox.add)
         self.composite.last_seq = max(self.composite.last_seq, seqs.get(COMPOSITE_SOURCE, 0))
-        rooms = (self.outbox_room, self.writer.room) if self.broker.local else (self.outbox_room,)
+        # One process: the writer's queue is fed inside append, so its high water also gates ingest.
+        rooms = (self.outbox.room, self.writer.room) if self.broker.local else (self.outbox.room,)
         self.ingest = Ingest(
             s.sources,
             self.sequencer,
@@ -182,46 +181,7 @@ class Hub:
         ingest, self.ingest, self.sequencer = self.ingest, None, None
         if ingest is not None:
             await ingest.stop()
-        self._outbox.clear()  # sequenced under a lapsed lease: the next holder ingests them again
-        self.outbox_room.set()
-
-    def _to_outbox(self, tick: Tick) -> None:
-        """The sequencer's sink: ticks wait here for one append per turn of the loop."""
-        outbox = self._outbox
-        outbox.append(tick)
-        if len(outbox) == 1:
-            self._outbox_ready.set()
-        elif len(outbox) > self.settings.writer_high_water and self.outbox_room.is_set():
-            self.outbox_room.clear()
-
-    async def _append_loop(self) -> None:
-        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                try:
-                    await self.broker.append(self.hub_id, batch)
-                except LeaseLost:
-                    await self.lease.lost()
-                    break
-                except BrokerUnavailable as exc:
-                    self._outbox[:0] = batch  # in order, before what came meanwhile
-                    log.warning("could not append %d ticks to the log, will retry: %s", len(batch), exc)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                backoff.reset()
-                if len(self._outbox) <= self.settings.writer_high_water // 2:
-                    self.outbox_room.set()
-
-    async def flush_outbox(self) -> None:
-        """Append what is sequenced, for a graceful stop (bounded by the shutdown timeout)."""
-        if self._outbox and self.sequencer is not None:
-            batch, self._outbox = self._outbox, []
-            with contextlib.suppress(LeaseLost, BrokerUnavailable, TimeoutError):
-                async with asyncio.timeout(self.settings.shutdown_timeout / 2):
-                    await self.broker.append(self.hub_id, batch)
+        self.outbox.clear()
 
     # -- delivery: on every replica ----------------------------------------------------------------
 
@@ -298,12 +258,9 @@ class Hub:
         ingest, self.ingest = self.ingest, None
         if ingest is not None:
             await ingest.stop()
-        await self.flush_outbox()
+        await self.outbox.stop(flush_timeout=self.settings.shutdown_timeout / 2)  # what is sequenced goes in
         self.sequencer = None
         await self.lease.release()
-        if self._appender is not None:
-            self._appender.cancel()
-            await asyncio.gather(self._appender, return_exceptions=True)
         await self.fanout.close(timeout=self.settings.shutdown_timeout / 2)
 
     async def stop(self) -> None:

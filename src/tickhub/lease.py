@@ -40,6 +40,7 @@ class IngestLease:
         self.gained = 0
         self._confirmed = 0.0  # monotonic time of the last successful acquire or renewal
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def try_acquire(self) -> bool:
         """One attempt to take the lease (the hub makes one at start, before serving)."""
@@ -61,8 +62,12 @@ class IngestLease:
         self._task = asyncio.create_task(self._run(), name="tickhub-ingest-lease")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ttl / 3):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
             if not self.held:
                 await self.try_acquire()
                 continue
@@ -90,12 +95,17 @@ class IngestLease:
             await self.on_lose()
 
     async def stop(self) -> None:
-        """Stop the loop; the caller stops ingest, then :meth:`release` hands the lease on."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the loop; the caller stops ingest, then :meth:`release` hands the lease on.
+
+        The loop is asked to end, not cancelled in the middle of a broker call (redis-py may never
+        return from a cancelled command, redis/redis-py#2579)."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            _, pending = await asyncio.wait([task], timeout=self.ttl)
+            for stuck in pending:
+                stuck.cancel()
+                await asyncio.wait([stuck], timeout=1.0)
 
     async def release(self) -> None:
         if self.held:
