@@ -63,6 +63,33 @@ async def test_subscribers_on_two_replicas_see_the_same_ids_in_the_same_order(cl
             assert health["broker"]["url"].startswith("redis://") and health["role"] in ("ingesting", "standby")
 
 
+@pytest.mark.parametrize("retention", [300.0, 0.0])
+async def test_a_replica_resumes_what_its_ring_lost_from_the_stream_then_postgresql(
+    cluster: Settings, retention: float
+) -> None:
+    """Rings of 64 ticks: a resume 400 ticks back comes from the Redis stream while it keeps them,
+    and from PostgreSQL once the stream has let them go (retention 0: trimmed once written)."""
+    async with running_mock(("BTCUSD", "META"), interval=0.002) as source:
+        s = cluster.replace(sources=(("mock", source.url),), ring_size=64, stream_retention=retention)
+        async with running_hub(s) as a, running_hub(s) as b:
+            async with subscribe(a.url) as live:
+                await live.next_event("snapshot")
+                got = await live.ticks(400)
+            oldest = int(got[0]["id"])
+            if retention == 0:
+                await wait_for_async(lambda: _trimmed_past(b, oldest), 10, "the stream to let the old ticks go")
+            async with subscribe(b.url, last_event_id=got[0]["id"]) as resumed:
+                again = await resumed.ticks(len(got) - 1)
+            assert again == got[1:], "every tick after the id, once, in order, the same bytes"
+            tier = "log" if retention else "postgres"
+            assert b.hub.replayed[tier] > 0, b.hub.replayed
+
+
+async def _trimmed_past(running, tick_id: int) -> bool:
+    first = await running.hub.broker.first_id()
+    return first is not None and first > tick_id
+
+
 async def role(url: str) -> str | None:
     try:
         _status, health = await get_json(f"{url}/health")

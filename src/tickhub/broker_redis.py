@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -42,6 +43,22 @@ APPEND_CHUNK = 1000  # ticks per script call: keeps each call short for the othe
 READ_COUNT = 5000
 BLOCK_MS = 1000
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+OP_TIMEOUT = 5.0  # seconds a call to Redis may take before it counts as unavailable
+
+
+def bounded(method):
+    """Run a broker call as a task the broker owns and wait at most OP_TIMEOUT for it, without ever
+    cancelling it: redis-py may never return from a command cancelled mid-flight (redis/redis-py#2579,
+    #2666), and a caller that gives up (a timeout, a cancelled stop) must not hang on it. A call still
+    running when the broker closes ends with its connection."""
+
+    @functools.wraps(method)
+    async def call(self: RedisBroker, *args: Any, **kwargs: Any) -> Any:
+        return await self._bounded(method(self, *args, **kwargs))
+
+    return call
 
 
 def entry_id(tick_id: int) -> str:
@@ -77,6 +94,7 @@ class RedisBroker(Broker):
         self.lease_key, self.trimmed_key = prefix + "lease", prefix + "trimmed"
         self._redis: redis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._checkpoints: deque[tuple[float, int]] = deque()  # (when, newest id appended), one a second
         self.read_id = 0  # the newest id handed to this replica's subscribers
@@ -115,44 +133,56 @@ class RedisBroker(Broker):
         self._trim_script = self.r.register_script(TRIM)
         self.state = "connected"
 
+    async def _bounded(self, coro: Any) -> Any:
+        if self._closing:
+            coro.close()
+            raise BrokerUnavailable("the broker is closing")
+        task = asyncio.ensure_future(_mapped(coro))
+        self._inflight.add(task)
+        task.add_done_callback(_forget(self._inflight))
+        done, _ = await asyncio.wait([task], timeout=OP_TIMEOUT)
+        if not done:
+            raise BrokerUnavailable(f"Redis at {redacted(self.url)} did not answer within {OP_TIMEOUT:.0f}s")
+        return task.result()
+
     async def close(self) -> None:
-        """Stop the readers, then the connections. redis-py may not let a cancelled blocking read go
-        (redis/redis-py#2579, #2666), so the loops are not cancelled: closing their connections
-        under them ends their reads, and they return on seeing ``_closing``."""
+        """Stop the readers, then the connections. Nothing here is cancelled in the middle of a Redis
+        command (see :func:`bounded`): the connections are closed under the loops and the calls in
+        flight, which then end with an error, and the loops return on seeing ``_closing``."""
         self._closing = True
-        tasks, self._tasks = self._tasks, []
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.connection_pool.disconnect(inuse_connections=True)
+        tasks = [*self._tasks, *self._inflight]
+        self._tasks.clear()
+        client, self._redis = self._redis, None
+        if client is not None:
+            await _within(client.connection_pool.disconnect(inuse_connections=True), 2.0)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=BLOCK_MS / 1000 + 1)
-            for task in pending:  # not back from a read within its block time: cancel as a last resort
+            for task in pending:  # still not back: cancel as a last resort, and do not wait long
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
-            self._redis = None
+        if client is not None:
+            await _within(client.aclose(), 2.0)
 
     # -- the ingest lease ------------------------------------------------------------------------
 
+    @bounded
     async def acquire(self, holder: str, ttl: float) -> bool:
-        with _unavailable():
-            if await self.r.set(self.lease_key, holder, nx=True, px=int(ttl * 1000)):
-                return True
-            return await self.renew(holder, ttl)
+        if await self.r.set(self.lease_key, holder, nx=True, px=int(ttl * 1000)):
+            return True
+        return bool(await self._renew(keys=[self.lease_key], args=[holder, int(ttl * 1000)]))
 
+    @bounded
     async def renew(self, holder: str, ttl: float) -> bool:
-        with _unavailable():
-            return bool(await self._renew(keys=[self.lease_key], args=[holder, int(ttl * 1000)]))
+        return bool(await self._renew(keys=[self.lease_key], args=[holder, int(ttl * 1000)]))
 
+    @bounded
     async def release(self, holder: str) -> None:
-        with _unavailable():
-            await self._release(keys=[self.lease_key], args=[holder])
+        await self._release(keys=[self.lease_key], args=[holder])
 
     # -- the log ---------------------------------------------------------------------------------
 
+    @bounded
     async def append(self, holder: str, ticks: Sequence[Tick]) -> int:
         if not ticks:
             return 0
@@ -163,8 +193,7 @@ class RedisBroker(Broker):
             for t in ticks[low : low + APPEND_CHUNK]:
                 args += (t.id, t.source, t.seq, t.json)
             await self._append(keys=keys, args=args, client=pipe)
-        with _unavailable():
-            results = await pipe.execute(raise_on_error=False)
+        results = await pipe.execute(raise_on_error=False)
         added = 0
         for result in results:
             if isinstance(result, ResponseError):
@@ -177,6 +206,7 @@ class RedisBroker(Broker):
             self._checkpoints.append((now, ticks[-1].id))
         return added
 
+    @bounded
     async def trim(self) -> None:
         """Drop what is older than the retention and written by every writer (the ingesting replica
         calls this now and then); forget consumers that left nothing pending long ago."""
@@ -186,27 +216,26 @@ class RedisBroker(Broker):
             cutoff = self._checkpoints.popleft()[1]
         if cutoff is None:
             return
-        with _unavailable():
-            pending = await self.r.xpending(self.stream, GROUP)
-            groups = {g["name"].decode(): g for g in await self.r.xinfo_groups(self.stream)}
-            keep = cutoff + 1
-            if pending["pending"]:
-                keep = min(keep, hub_id_of(pending["min"]))
-            delivered = groups.get(GROUP, {}).get("last-delivered-id")
-            if delivered is not None:
-                keep = min(keep, hub_id_of(delivered) + 1)
-            await self._trim_script(keys=[self.stream, self.trimmed_key], args=[keep])
-            for consumer in await self.r.xinfo_consumers(self.stream, GROUP):
-                if not consumer["pending"] and consumer["idle"] > 10_000 * self.claim_after:
-                    await self.r.xgroup_delconsumer(self.stream, GROUP, consumer["name"])
+        pending = await self.r.xpending(self.stream, GROUP)
+        groups = {g["name"].decode(): g for g in await self.r.xinfo_groups(self.stream)}
+        keep = cutoff + 1
+        if pending["pending"]:
+            keep = min(keep, hub_id_of(pending["min"]))
+        delivered = groups.get(GROUP, {}).get("last-delivered-id")
+        if delivered is not None:
+            keep = min(keep, hub_id_of(delivered) + 1)
+        await self._trim_script(keys=[self.stream, self.trimmed_key], args=[keep])
+        for consumer in await self.r.xinfo_consumers(self.stream, GROUP):
+            if not consumer["pending"] and consumer["idle"] > 10_000 * self.claim_after:
+                await self.r.xgroup_delconsumer(self.stream, GROUP, consumer["name"])
 
     async def _trimmed_to(self) -> int:
         mark = await self.r.get(self.trimmed_key)
         return int(mark) - 1 if mark else 0
 
+    @bounded
     async def last_seqs(self) -> dict[str, int]:
-        with _unavailable():
-            return {k.decode(): int(v) for k, v in (await self.r.hgetall(self.seqs_key)).items()}
+        return {k.decode(): int(v) for k, v in (await self.r.hgetall(self.seqs_key)).items()}
 
     async def subscribe(self, on_ticks: OnTicks, after: int, on_gap: OnGap | None = None) -> None:
         self.read_id = after
@@ -243,16 +272,16 @@ class RedisBroker(Broker):
                 self.read_id = ticks[-1].id
                 on_ticks(ticks)
 
+    @bounded
     async def first_id(self) -> int | None:
-        with _unavailable():
-            first = await self.r.xrange(self.stream, "-", "+", count=1)
+        first = await self.r.xrange(self.stream, "-", "+", count=1)
         return hub_id_of(first[0][0]) if first else None
 
+    @bounded
     async def history(self, after: int, before: int, limit: int) -> list[Tick] | None:
-        with _unavailable():
-            if after < await self._trimmed_to():
-                return None
-            entries = await self.r.xrange(self.stream, f"({entry_id(after)}", f"({entry_id(before)}", count=limit)
+        if after < await self._trimmed_to():
+            return None
+        entries = await self.r.xrange(self.stream, f"({entry_id(after)}", f"({entry_id(before)}", count=limit)
         return _ticks(entries)
 
     # -- persistence -----------------------------------------------------------------------------
@@ -302,11 +331,11 @@ class RedisBroker(Broker):
             if start in (b"0-0", "0-0"):
                 return
 
+    @bounded
     async def written(self, consumer: str, ticks: Sequence[Tick]) -> None:
         ids = [entry_id(t.id) for t in ticks]
-        with _unavailable():
-            for low in range(0, len(ids), 10000):
-                await self.r.xack(self.stream, GROUP, *ids[low : low + 10000])
+        for low in range(0, len(ids), 10000):
+            await self.r.xack(self.stream, GROUP, *ids[low : low + 10000])
 
     def _failed(self, exc: BaseException) -> None:
         self.state = "unavailable"
@@ -329,13 +358,32 @@ class RedisBroker(Broker):
         }
 
 
-@contextlib.contextmanager
-def _unavailable():
+async def _mapped(coro: Any) -> Any:
+    """The coroutine's result, with Redis' connection errors as BrokerUnavailable."""
     try:
-        yield
+        return await coro
     except UNAVAILABLE as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except RedisError as exc:
         if "LEASELOST" in str(exc):
             raise LeaseLost(str(exc)) from exc
         raise
+
+
+def _forget(tasks: set[asyncio.Task[Any]]):
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a call its caller gave up on may still fail
+
+    return done
+
+
+async def _within(coro: Any, timeout: float) -> None:
+    """Await ``coro`` for at most ``timeout`` seconds, then cancel it as a last resort (closing only)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait([task], timeout=timeout)
+    if not done:
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()

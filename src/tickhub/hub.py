@@ -75,6 +75,8 @@ class Hub:
         self._composite_routes: dict[str, tuple[Route, ...]] = {}
         self.outbox: Outbox
         self._delivered = asyncio.Event()  # set on each delivery, for a resume that waits to catch up
+        #: Ticks replayed to resuming subscribers, by where they came from: ring, log, postgres.
+        self.replayed: Counter[str] = Counter()
         self.run = 0  # the run of the newest id this replica issued or was handed
 
     async def start(self) -> None:
@@ -313,6 +315,7 @@ class Hub:
                 "blocked": self.fanout.busy_count,
                 "resyncs": self.fanout.resyncs,
                 "slow_disconnects": self.fanout.slow_disconnects,
+                "replayed": dict(self.replayed),
                 "ring_ticks": len(self.ring),
                 "ring_capacity": self.ring.capacity,
             },

@@ -117,7 +117,8 @@ class TickStreamResponse:
             # No await from here on: the rest of the ring is taken and handed over in one step,
             # so no burst of ticks can push it out of the ring in between.
             head = hub.ring.head
-            rest = hub.ring.collect(position, head, self.symbols)
+            rest, frames = hub.ring.collect_counted(position, head, self.symbols)
+            hub.replayed["ring"] += frames
         except Resync as exc:
             log.info("resyncing a subscriber at Last-Event-ID %r: %s", (self.last_event_id or "")[:40], exc.reason)
             await sub.write(resync_frame(exc.reason, self.last_event_id))
@@ -159,6 +160,7 @@ class TickStreamResponse:
                             continue  # trimmed meanwhile: PostgreSQL has it now
                         scanned = rows[-1].id if len(rows) == REPLAY_PAGE else upper - 1
                         rows = [t for t in rows if symbols is None or t.symbol in symbols]
+                        tier = "log"
                     else:
                         end = upper if first is None else min(upper, first)
                         if not counted:
@@ -170,10 +172,12 @@ class TickStreamResponse:
                             raise Resync("history_unavailable")
                         rows = await hub.store.ticks_after(cursor, end, _sorted(symbols), REPLAY_PAGE)
                         scanned = rows[-1].id if len(rows) == REPLAY_PAGE else end - 1
+                        tier = "postgres"
                 except (StoreUnavailable, BrokerUnavailable):
                     raise Resync("history_unavailable") from None
                 if rows:
                     await sub.write(b"".join(tick_frame(t.id, t.json) for t in rows))
+                    hub.replayed[tier] += len(rows)
                     budget -= len(rows)
                     if budget < 0:
                         raise Resync("too_old")
@@ -183,10 +187,11 @@ class TickStreamResponse:
             if ring.head - position <= RING_CHUNK:
                 return position
             end = position + RING_CHUNK
-            data = ring.collect(position, end, symbols)
+            data, frames = ring.collect_counted(position, end, symbols)
             cursor = ring.id_at(end - 1)
             if data:
                 await sub.write(data)
+                hub.replayed["ring"] += frames
 
 
 def _sorted(symbols: SymbolFilter) -> list[str] | None:
