@@ -198,10 +198,24 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "sources", "writer", "stream"],
+        "required": ["status", "role", "sources", "broker", "writer", "stream"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded", "draining"]},
-            "sources": {"type": "object", "additionalProperties": {"type": "object"}},
+            "role": {
+                "type": "string",
+                "enum": ["ingesting", "standby"],
+                "description": "Whether this replica holds the ingest lease (always, with one replica).",
+            },
+            "hub_id": {"type": "string"},
+            "sources": {
+                "type": "object",
+                "description": "The sources this replica ingests (none on a standby).",
+                "additionalProperties": {"type": "object"},
+            },
+            "broker": {
+                "type": "object",
+                "description": "The shared log: memory:// or the Redis stream, its state, ticks taken over, gaps.",
+            },
             "writer": {"type": "object"},
             "stream": {"type": "object"},
             "composite": {
