@@ -208,18 +208,5 @@ async def fresh_schema(database_url: str, prefix: str) -> AsyncIterator[str]:
             await conn.close()
 
 
-async def clear_redis(redis_url: str, namespace: str) -> None:
-    """Delete the hubs' keys of ``namespace`` (their database schema) from Redis."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"tickhub:{namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

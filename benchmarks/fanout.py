@@ -7,7 +7,9 @@ import math
 import shutil
 from dataclasses import dataclass
 
-from .common import CpuMeter, Latency, clear_redis, fresh_schema, progress
+from tickhub.broker_redis import delete_namespace
+
+from .common import CpuMeter, Latency, fresh_schema, progress
 from .rig import Fleet, Reading, Rig, Window, rig
 
 P99_LIMIT_MS = 100.0
@@ -112,7 +114,7 @@ async def ramp(
             await r.set_rate(0)
             await fleet.stop()
     if "TICKHUB_BROKER_URL" in hub_env:  # the hubs have stopped: their namespace (their schema) can go
-        await clear_redis(hub_env["TICKHUB_BROKER_URL"], schema)
+        await delete_namespace(hub_env["TICKHUB_BROKER_URL"], schema)
     return steps
 
 

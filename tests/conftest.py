@@ -93,12 +93,6 @@ def redis_url() -> str:
 async def redis_keys(redis_url: str, schema: str) -> AsyncIterator[str]:
     """This test's schema as a broker namespace; its Redis keys are deleted afterwards."""
     yield schema
-    import redis.asyncio as aioredis
+    from tickhub.broker_redis import delete_namespace
 
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"tickhub:{schema}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await delete_namespace(redis_url, schema)

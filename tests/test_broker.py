@@ -51,13 +51,9 @@ async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroke
     for broker in made:
         await broker.close()
     if request.param == "redis":
-        import redis.asyncio as aioredis
+        from tickhub.broker_redis import delete_namespace
 
-        client = aioredis.Redis.from_url(url)
-        keys = [key async for key in client.scan_iter(match=f"tickhub:{namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        await delete_namespace(url, namespace)
 
 
 async def test_every_replica_is_handed_every_tick_in_id_order(make_broker: MakeBroker) -> None:

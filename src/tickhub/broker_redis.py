@@ -358,6 +358,17 @@ class RedisBroker(Broker):
         }
 
 
+async def delete_namespace(url: str, namespace: str) -> int:
+    """Delete every key of ``namespace`` from the Redis at ``url`` (a test's or benchmark's own);
+    the replicas using it must have stopped. Returns how many keys went."""
+    client = redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"tickhub:{namespace}:*")]
+        return await client.delete(*keys) if keys else 0
+    finally:
+        await client.aclose()
+
+
 async def _mapped(coro: Any) -> Any:
     """The coroutine's result, with Redis' connection errors as BrokerUnavailable."""
     try:
