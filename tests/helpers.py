@@ -37,6 +37,13 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: st
         await asyncio.sleep(0.01)
 
 
+def delivered(hub: Hub) -> bool:
+    """Everything the hub sequenced has reached its market, ring and composites (delivery runs a turn
+    of the event loop after ingest, through the broker's log)."""
+    issued = hub.sequencer.last_id if hub.sequencer is not None else None
+    return issued is None or (hub.market.last_id or 0) >= issued
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 from fake_exchanges import FakeBinance, FakeCoinbase, FakeExchange, FakeKraken
-from helpers import running_bridge, running_hub, subscribe, wait_for
+from helpers import delivered, running_bridge, running_hub, subscribe, wait_for
 from test_binance import TRADE_MS, binance_settings
 from test_coinbase_kraken import coinbase_bridge, kraken_bridge
 
@@ -46,6 +46,7 @@ async def through_the_hub(
         async with running_hub(settings.replace(sources=((source, running.url),))) as hub:
             client = hub.hub.ingest.clients[source]
             await wait_for(lambda: running.bridge.feed.consumers and client.stats.accepted >= startup, what="start-up")
+            await wait_for(lambda: delivered(hub.hub), what="the start-up ticks to be delivered")
             async with subscribe(hub.url) as stream:
                 await stream.next_event("snapshot")
                 await push()

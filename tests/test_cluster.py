@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import pytest
 from helpers import (
     SSEStream,
+    TcpProxy,
     free_port,
     get_json,
     running_hub,
@@ -175,3 +177,36 @@ async def wait_for_async(check, timeout: float, what: str):
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_redis_outage_pauses_the_stream_and_it_goes_on_after_with_every_seq_once(cluster: Settings) -> None:
+    """Redis unreachable (a proxy the test blocks) for longer than the lease: the replica says it is
+    degraded, stops ingesting, keeps its subscriber (heartbeats), and when Redis is back takes the
+    lease again and resumes the source after the newest seq in the stream: nothing lost, none twice."""
+    redis_port = urlsplit(cluster.broker_url).port or 6379
+    async with TcpProxy(redis_port) as proxy, running_mock(("BTCUSD",), interval=0.005) as source:
+        s = cluster.replace(
+            sources=(("mock", source.url),), broker_url=f"redis://127.0.0.1:{proxy.port}/0", heartbeat=0.3
+        )
+        async with running_hub(s) as hub, subscribe(hub.url) as stream:
+            await stream.next_event("snapshot")
+            before = await stream.ticks(100)
+            gained = hub.hub.lease.gained
+            proxy.block()
+            await wait_for_async(lambda: _status_is(hub.url, "degraded"), 15, "the replica to say it is degraded")
+            await wait_for_async(lambda: _is(role(hub.url), "standby"), 15, "ingest to stop without the lease")
+            await stream.wait_comments(stream.comments + 2, timeout=10)  # the subscriber is kept, heartbeats go on
+            proxy.unblock()
+            await wait_for_async(lambda: _is(role(hub.url), "ingesting"), 20, "the lease to be taken again")
+            after = await stream.ticks(200, timeout=30)
+            assert hub.hub.lease.gained > gained
+    seen = seqs_of(before) + seqs_of(after)
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "every seq once across the outage"
+
+
+async def _status_is(url: str, expected: str) -> bool:
+    try:
+        _code, health = await get_json(f"{url}/health")
+    except Exception:
+        return False
+    return health.get("status") == expected

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 import pytest
 from fake_exchanges import FakeCoinbase, FakeKraken
-from helpers import SSEStream, get_json, running_bridge, running_hub, running_mock, subscribe, wait_for
+from helpers import SSEStream, delivered, get_json, running_bridge, running_hub, running_mock, subscribe, wait_for
 from test_coinbase_kraken import coinbase_bridge, kraken_bridge
 from test_observability import metric
 
@@ -71,6 +71,7 @@ async def test_two_exchanges_make_the_median_and_a_stopped_venue_drops_out(setti
         cb_client, kr_client = hub.ingest.clients["coinbase"], hub.ingest.clients["kraken"]
         # Kraken's subscribe snapshot (a 2023 price) reaches the hub first: too old to count.
         await wait_for(lambda: cb.bridge.feed.consumers and kr_client.stats.accepted >= 1, what="start-up")
+        await wait_for(lambda: delivered(hub), what="the start-up ticks to reach the composite")
         assert health_of(hub)["status"] == "no_composite" and names(health_of(hub)["stale"]) == ["kraken"]
         stream = await stack.enter_async_context(subscribe(running.url, "?symbols=BTC-USD"))
         await stream.next_event("snapshot")
@@ -92,7 +93,7 @@ async def test_two_exchanges_make_the_median_and_a_stopped_venue_drops_out(setti
 
         # Kraken 4.7% off Coinbase: with two venues neither can be trusted, so nothing is published.
         await kraken.connections[0].send(FakeKraken.ticker_update("BTC/USD", "45000.00", now_iso()))
-        await wait_for(lambda: kr_client.stats.accepted >= 3, what="Kraken's outlier price")
+        await wait_for(lambda: kr_client.stats.accepted >= 3 and delivered(hub), what="Kraken's outlier price")
         assert hub.composite.books["BTC-USD"].published == 2
         health = health_of(hub)
         assert health["status"] == "no_composite" and "deviates" in health["reason"]
@@ -122,7 +123,7 @@ async def test_two_exchanges_make_the_median_and_a_stopped_venue_drops_out(setti
         assert names(text["composite"]["BTC-USD"]["stale"]) == ["coinbase", "kraken"]
         accepted = cb_client.stats.accepted
         await coinbase.connections[0].send(coinbase.ticker("BTC-USD", "43000.50", now_iso(ago=60)))
-        await wait_for(lambda: cb_client.stats.accepted > accepted, what="the late Coinbase tick")
+        await wait_for(lambda: cb_client.stats.accepted > accepted and delivered(hub), what="the late Coinbase tick")
         book = hub.composite.books["BTC-USD"]
         assert book.published == 3 and book.skipped["all_stale"] >= 1
         async with aiohttp.ClientSession() as session, session.get(f"{running.url}/metrics") as response:

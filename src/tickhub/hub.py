@@ -132,8 +132,9 @@ class Hub:
         self.lease = IngestLease(
             self.broker, self.hub_id, s.lease_ttl, self._start_ingest, self._stop_ingest, self.broker.trim
         )
+        lease = self.lease
         self.outbox = Outbox(
-            self.broker, self.hub_id, s.writer_high_water, self.lease.lost, s.reconnect_min, s.reconnect_max
+            self.broker, lambda: lease.token, s.writer_high_water, lease.lost, s.reconnect_min, s.reconnect_max
         )
         self.writer.start()
         self.fanout.start()

@@ -5,6 +5,10 @@ stops ingest the moment a renewal is refused, and also when it could not renew f
 seconds (Redis unreachable): by then a standby may hold the lease, and the broker would refuse
 its appends anyway (fencing). A replica that stops gracefully releases the lease, so a standby
 takes over within one interval instead of after the TTL.
+
+Each term of holding has a token of its own (the holder's name and the term's number), and appends
+go under it: an append left over from a term that lapsed is refused even if the same replica holds
+the lease again by then (a fencing token).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class IngestLease:
         self.on_hold = on_hold  # called after every renewal (the holder's housekeeping: trimming)
         self.held = False
         self.gained = 0
+        #: The lease's value in the broker for the current (or next) term.
+        self.token = f"{holder}#1"
         self._confirmed = 0.0  # monotonic time of the last successful acquire or renewal
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -46,7 +52,7 @@ class IngestLease:
         """One attempt to take the lease (the hub makes one at start, before serving)."""
         try:
             async with asyncio.timeout(self.ttl / 3):
-                got = await self.broker.acquire(self.holder, self.ttl)
+                got = await self.broker.acquire(self.token, self.ttl)
         except (BrokerUnavailable, TimeoutError) as exc:
             log.warning("could not ask for the ingest lease: %s", exc)
             return False
@@ -54,7 +60,7 @@ class IngestLease:
             self._confirmed = time.monotonic()
             self.held = True
             self.gained += 1
-            log.info("%s holds the ingest lease", self.holder)
+            log.info("%s holds the ingest lease", self.token)
             await self.on_gain()
         return got
 
@@ -73,7 +79,7 @@ class IngestLease:
                 continue
             try:
                 async with asyncio.timeout(self.ttl / 3):
-                    kept = await self.broker.renew(self.holder, self.ttl)
+                    kept = await self.broker.renew(self.token, self.ttl)
             except (BrokerUnavailable, TimeoutError) as exc:
                 if time.monotonic() - self._confirmed < self.ttl:
                     continue  # not lost yet: the lease runs until its TTL
@@ -91,7 +97,8 @@ class IngestLease:
         """Stop ingesting (a refused renewal, or an append refused by the broker)."""
         if self.held:
             self.held = False
-            log.warning("%s lost the ingest lease; standing by", self.holder)
+            log.warning("%s lost the ingest lease; standing by", self.token)
+            self.token = f"{self.holder}#{self.gained + 1}"  # the next term's: this one's appends are refused
             await self.on_lose()
 
     async def stop(self) -> None:
@@ -112,4 +119,4 @@ class IngestLease:
             self.held = False
             with contextlib.suppress(BrokerUnavailable, TimeoutError):
                 async with asyncio.timeout(2.0):
-                    await self.broker.release(self.holder)
+                    await self.broker.release(self.token)

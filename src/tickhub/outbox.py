@@ -24,14 +24,14 @@ class Outbox:
     def __init__(
         self,
         broker: Broker,
-        holder: str,
+        token: Callable[[], str],
         high_water: int,
         on_lease_lost: Callable[[], Awaitable[None]],
         retry_min: float = 0.25,
         retry_max: float = 10.0,
     ) -> None:
         self.broker = broker
-        self.holder = holder
+        self.token = token  # the lease token of the current term, asked at every append
         self.high_water = high_water
         self.on_lease_lost = on_lease_lost
         self._ticks: list[Tick] = []
@@ -70,7 +70,7 @@ class Outbox:
             while self._ticks:
                 batch, self._ticks = self._ticks, []
                 try:
-                    await self.broker.append(self.holder, batch)
+                    await self.broker.append(self.token(), batch)
                 except LeaseLost:
                     self.clear()
                     await self.on_lease_lost()

@@ -45,6 +45,11 @@ class Sequencer:
     def next_id(self) -> int:
         return self.base + self._n + 1
 
+    @property
+    def last_id(self) -> int | None:
+        """The newest id issued in this run, None before the first."""
+        return self.base + self._n if self._n else None
+
     def last_seq(self, source: str) -> int:
         """The newest seq accepted from ``source`` (0 if none): where its resume starts."""
         return self._last_seq.get(source, 0)
