@@ -147,6 +147,8 @@ async def test_metrics_counts_move(settings: Settings) -> None:
         assert metric(text, "tickhub_writer_batch_size_count") >= 1
         assert metric(text, "tickhub_writer_batch_seconds_count") >= 1
         assert metric(text, "tickhub_subscribers") == 0
+        assert metric(text, "tickhub_ingesting") == 1 and metric(text, "tickhub_lease_gained_total") == 1
+        assert metric(text, "tickhub_broker_claimed_total") == 0 and metric(text, "tickhub_broker_gaps_total") == 0
         deliveries = metric(text, "tickhub_deliveries_total")
         async with subscribe(hub.url) as stream:
             await stream.next_event("snapshot")

@@ -49,6 +49,9 @@ class Broker(ABC):
     scheme = ""
     #: True when the log is this process (ticks reach readers and writer inside ``append``).
     local = False
+    #: Ticks taken over from writers that left them unwritten; times the log trimmed what a reader had not read.
+    claimed = 0
+    gaps = 0
 
     def __init__(self, url: str, namespace: str, retention: float = 300.0, claim_after: float = 30.0) -> None:
         self.url = url

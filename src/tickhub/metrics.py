@@ -120,6 +120,22 @@ class HubMetrics(Collector):
         yield CounterMetricFamily(
             "tickhub_tasks_completed", "Tasks this replica's worker completed.", value=hub.tasks.completed
         )
+        yield GaugeMetricFamily(
+            "tickhub_ingesting", "1 while this replica holds the ingest lease.", value=float(hub.sequencer is not None)
+        )
+        yield CounterMetricFamily(
+            "tickhub_lease_gained", "Times this replica took the ingest lease.", value=hub.lease.gained
+        )
+        yield CounterMetricFamily(
+            "tickhub_broker_claimed",
+            "Ticks this replica's writer took over from replicas that left them.",
+            value=hub.broker.claimed,
+        )
+        yield CounterMetricFamily(
+            "tickhub_broker_gaps",
+            "Times the log trimmed ticks this replica had not read (its subscribers resynced).",
+            value=hub.broker.gaps,
+        )
         yield from _composite_metrics(hub)
 
 
