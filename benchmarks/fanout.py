@@ -138,6 +138,7 @@ async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:
 @dataclass
 class SlowResult:
     stalled: int
+    write_timeout: float
     calm: list[Step]  # windows with no stalled subscriber: before, and after each stall
     stalls: list[Step]  # windows while the stalled subscribers were blocked
     rss_start: int
@@ -161,11 +162,15 @@ class SlowResult:
         return self.pooled(self.stalls).percentile(99) / calm - 1 if calm else math.nan
 
 
-async def slow_consumers(args, n: int, rate: float, stalled: int, cycles: int) -> SlowResult:
+async def slow_consumers(args, n: int, rate: float, stalled: int, cycles: int, write_timeout: float) -> SlowResult:
     """The others' latency with and without ``stalled`` subscribers that stop reading, over ``cycles``
     stalls (each until the hub has dropped them); the hub's memory throughout."""
     progress(f"slow consumers: {n} subscribers at {rate:.0f} ticks/s; {cycles} times, {stalled} more stop reading")
-    env = {"TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024), "TICKHUB_SLOW_TIMEOUT": "10", "TICKHUB_SEND_BUFFER": "65536"}
+    env = {
+        "TICKHUB_SUBSCRIBER_BACKLOG": str(256 * 1024),
+        "TICKHUB_SLOW_TIMEOUT": str(write_timeout),
+        "TICKHUB_SEND_BUFFER": "65536",
+    }
     window = args.window * 2
     async with (
         fresh_schema(args.database_url, "bench_slow") as schema,
@@ -204,6 +209,7 @@ async def slow_consumers(args, n: int, rate: float, stalled: int, cycles: int) -
             health = (await r.health())["stream"]
             return SlowResult(
                 stalled,
+                write_timeout,
                 calm,
                 stalls,
                 rss_start,

@@ -210,7 +210,8 @@ def slow_section(results: dict) -> list[str]:
         f"{first.subscribers} subscribers at {first.rate:.0f} ticks/s. {len(r.stalls)} times, {r.stalled} more "
         "connect, read their headers and never read again (4 KiB receive buffers) until the hub drops them; "
         "a stall window starts once the hub has moved all of them aside (their sockets full). Backlog bound "
-        "256 KiB, write timeout 10 s, `TICKHUB_SEND_BUFFER` 64 KiB. Latency is that of the other subscribers.",
+        f"256 KiB, write timeout {r.write_timeout:.0f} s, `TICKHUB_SEND_BUFFER` 64 KiB. Latency is that of the other "
+        "subscribers.",
         "",
         "| window | p50 ms | p99 ms | max ms | deliveries/s | hub CPU |",
         "|---|---:|---:|---:|---:|---:|",
