@@ -91,6 +91,8 @@ def build(source: str) -> Starlette:
 
 
 if __name__ == "__main__":
+    # uvicorn.run here rather than a helper in benchmarks.common: importing that module (asyncpg,
+    # psutil, aiohttp) doubled this baseline's p99, measured, most likely through longer collections.
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--source", required=True)
