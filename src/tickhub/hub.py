@@ -112,13 +112,11 @@ class Hub:
             write_timeout=s.slow_timeout,
             heartbeat=s.heartbeat,
         )
-        persisted_seqs = await self.store.last_seqs([COMPOSITE_SOURCE])
         self.composite = CompositeBook(
             instruments,
             s.composite_window,
             s.composite_max_deviation,
-            self._publish_composite,
-            last_seq=persisted_seqs[COMPOSITE_SOURCE],
+            self._publish_composite,  # its seq floor is set when this replica starts ingesting
         )
         self.composite.seed(latest)
         self._composite_routes = self.composite.routes

@@ -174,7 +174,8 @@ class CopyWriter:
         """Tell ``released`` of a written batch and of what was dropped meanwhile (never raises)."""
         if self.released is None:
             return
-        done, self._dropped = batch + self._dropped, []
+        done = batch + self._dropped if self._dropped else batch  # no copy of the batch in the usual case
+        self._dropped = []
         try:
             await self.released(done)
         except asyncio.CancelledError:
