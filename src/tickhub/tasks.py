@@ -3,8 +3,11 @@
 Submitting takes a transaction-scoped advisory lock, so ids are handed out in commit order and
 the length cap holds under concurrent submits. Exactly one worker runs at a time across all hub
 replicas on the database: it holds a session advisory lock on a connection of its own, and the
-others wait as standbys. A task's run is numbered (``attempts``); only the run that is still
-current can mark it done, so a task whose hub died mid-run is run again and completes once.
+others wait as standbys. While a task runs the worker watches that connection (asyncpg's
+termination event, and a short round trip every second, since a partition closes nothing): once it
+is gone the lock may be another's, so the run is abandoned at once. A task's run is numbered
+(``attempts``); only the run that is still current can mark it done, so a task whose hub died
+mid-run is run again and completes once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SQL_QUEUE = f"SELECT {_COLUMNS} FROM tasks WHERE state <> 'done' ORDER BY id"
 SQL_RESULTS = f"SELECT {_COLUMNS} FROM tasks WHERE state = 'done' ORDER BY finished_at, id LIMIT $1 OFFSET $2"
 SQL_ONE = f"SELECT {_COLUMNS} FROM tasks WHERE id = $1"
 SQL_POSITION = "SELECT count(*) FROM tasks WHERE state <> 'done' AND id <= $1"
+SQL_PING = "SELECT 1"
 SQL_WORKER_LOCK = "SELECT pg_try_advisory_lock(hashtext('tickhub.tasks.worker.' || $1))"
 SQL_NEXT = "SELECT id, timeout FROM tasks WHERE state <> 'done' ORDER BY id LIMIT 1"
 SQL_START = (
@@ -48,6 +52,10 @@ SQL_FINISH = (
 
 class QueueFull(Exception):
     """The queue holds as many open tasks as it may."""
+
+
+class WorkerLockLost(Exception):
+    """The connection holding the worker lock is gone, so the lock may be another replica's."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,20 @@ def _task(row: asyncpg.Record, position: int | None = None) -> Task:
 class TaskQueue:
     """Submitting and reading tasks (any replica), and the worker that runs them (one replica)."""
 
-    def __init__(self, store: Store, max_open: int, poll: float = 2.0, retry_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_open: int,
+        poll: float = 2.0,
+        retry_max: float = 5.0,
+        watch_interval: float = 1.0,
+        watch_timeout: float = 2.0,
+    ) -> None:
         self.store = store
         self.max_open = max_open
         self.poll = poll
+        self.watch_interval = watch_interval
+        self.watch_timeout = watch_timeout
         self.state = "starting"
         self.running: int | None = None
         self.completed = 0
@@ -156,7 +174,7 @@ class TaskQueue:
                 continue
             try:
                 await self._work(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, WorkerLockLost) as exc:
                 self.state = f"reconnecting ({type(exc).__name__})"
                 log.warning("task worker lost its database connection: %s", exc)
             finally:
@@ -184,7 +202,33 @@ class TaskQueue:
             task_id = row["id"]
             attempt = await conn.fetchval(SQL_START, task_id)
             self.running = task_id
-            await asyncio.sleep(row["timeout"])
+            await self._hold_lock_for(conn, row["timeout"])
             if await conn.execute(SQL_FINISH, task_id, attempt) == "UPDATE 1":
                 self.completed += 1
             self.running = None
+
+    async def _hold_lock_for(self, conn: asyncpg.Connection, seconds: float) -> None:
+        """Wait ``seconds`` while the lock connection stays alive; raise WorkerLockLost when it goes."""
+        lost = asyncio.Event()
+
+        def on_lost(_conn: object) -> None:
+            lost.set()
+
+        conn.add_termination_listener(on_lost)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        try:
+            while (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, self.watch_interval)):
+                        await lost.wait()
+                if lost.is_set() or conn.is_closed():
+                    raise WorkerLockLost("the worker lock connection closed")
+                try:
+                    await conn.fetchval(SQL_PING, timeout=self.watch_timeout)
+                except TimeoutError:
+                    raise WorkerLockLost(
+                        f"the worker lock connection gave no answer in {self.watch_timeout:g}s"
+                    ) from None
+        finally:
+            conn.remove_termination_listener(on_lost)
