@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -81,7 +82,10 @@ async def post_task(session: aiohttp.ClientSession, url: str, body: Any) -> tupl
 
 async def test_tasks_run_one_at_a_time_in_arrival_order(settings: Settings) -> None:
     # Submitted to a replica without the worker, so positions do not depend on how fast a task runs.
-    async with running_hub(settings.replace(task_worker=False)) as api, aiohttp.ClientSession() as session:
+    async with (
+        running_hub(settings.replace(task_worker=False, tasks_per_client=21)) as api,
+        aiohttp.ClientSession() as session,
+    ):
         status, first = await post_task(session, api.url, {"num": 100, "timeout": 0.05})
         assert status == 201 and first["position"] == 1 and first["state"] == "pending"
         posted = await asyncio.gather(*(post_task(session, api.url, {"num": i, "timeout": 0}) for i in range(20)))
@@ -175,3 +179,57 @@ async def test_oversized_body_and_full_queue(settings: Settings) -> None:
         assert [t["num"] for t in queue["tasks"]] == [1, 2]
         status, error = await get_json(f"{hub.url}/tasks/999999")
         assert (status, error["error"]["code"]) == (404, "unknown_task")
+
+
+async def open_key(hub: Any, name: str) -> dict[str, str]:
+    key = await hub.hub.accounts.create(name, Decimal(1000))
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def post_as(session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any, Any]:
+    async with session.post(f"{url}/tasks", json=body, headers=headers) as response:
+        return response.status, await response.json(), response.headers
+
+
+async def test_one_client_may_hold_only_so_many_open_tasks(settings: Settings) -> None:
+    bounded = settings.replace(task_worker=False, tasks_per_client=3)
+    async with running_hub(bounded) as hub, aiohttp.ClientSession() as session:
+        alice, bob = await open_key(hub, "alice"), await open_key(hub, "bob")
+        for client in ({}, alice):  # an address, then an account
+            for n in range(3):
+                assert (await post_as(session, hub.url, {"num": n, "timeout": 1}, client))[0] == 201
+            status, error, headers = await post_as(session, hub.url, {"num": 9, "timeout": 1}, client)
+            assert (status, error["error"]["code"]) == (429, "too_many_tasks")
+            assert int(headers["Retry-After"]) >= 1
+        assert (await post_as(session, hub.url, {"num": 5, "timeout": 1}, bob))[0] == 201, "bob is another client"
+        status, error, headers = await post_as(
+            session, hub.url, {"num": 5, "timeout": 1}, {"Authorization": "Bearer th_x_y"}
+        )
+        assert (status, error["error"]["code"]) == (401, "unauthorized")
+        _, queue = await get_json(f"{hub.url}/tasks/queue")
+        assert len(queue["tasks"]) == 7, "a refused task is not queued"
+
+
+async def test_one_client_may_hold_only_so_many_seconds_of_tasks(settings: Settings) -> None:
+    bounded = settings.replace(task_worker=False, task_seconds_per_client=10.0)
+    async with running_hub(bounded) as hub, aiohttp.ClientSession() as session:
+        alice, bob = await open_key(hub, "alice"), await open_key(hub, "bob")
+        assert (await post_as(session, hub.url, {"num": 1, "timeout": 6}, alice))[0] == 201
+        status, error, headers = await post_as(session, hub.url, {"num": 2, "timeout": 5}, alice)
+        assert (status, error["error"]["code"]) == (429, "too_many_tasks")
+        assert int(headers["Retry-After"]) >= 1
+        assert (await post_as(session, hub.url, {"num": 3, "timeout": 4}, alice))[0] == 201, "10 s fit exactly"
+        assert (await post_as(session, hub.url, {"num": 4, "timeout": 10}, bob))[0] == 201
+        assert (await post_as(session, hub.url, {"num": 5, "timeout": 10}, {}))[0] == 201
+        status, error, _ = await post_as(session, hub.url, {"num": 6, "timeout": 11}, {})
+        assert (status, error["error"]["code"]) == (400, "bad_field"), "a task no client could ever queue"
+
+
+async def test_concurrent_submits_from_one_client_never_pass_its_bound(settings: Settings) -> None:
+    bounded = settings.replace(task_worker=False, tasks_per_client=5)
+    async with running_hub(bounded) as hub, aiohttp.ClientSession() as session:
+        alice = await open_key(hub, "alice")
+        answers = await asyncio.gather(*(post_as(session, hub.url, {"num": n, "timeout": 0}, alice) for n in range(40)))
+        assert sorted(status for status, _, _ in answers) == [201] * 5 + [429] * 35
+        _, queue = await get_json(f"{hub.url}/tasks/queue")
+        assert len(queue["tasks"]) == 5

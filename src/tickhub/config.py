@@ -270,6 +270,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("test_wait_max", _positive(float), 300.0, "Longest a GET /test call waits for its turn (then 503)."),
     Setting("task_timeout_max", _non_negative(float), 3600.0, "Largest timeout a task may ask for, in seconds."),
     Setting("task_queue_max", _positive(int), 1000, "Most open (pending or running) tasks; more are refused with 503."),
+    Setting(
+        "tasks_per_client",
+        _positive(int),
+        20,
+        "Most open tasks of one client (its API key's account, else its address); more get 429.",
+    ),
+    Setting(
+        "task_seconds_per_client",
+        _positive(float),
+        3600.0,
+        "Most seconds of open task timeouts one client may hold; more get 429.",
+    ),
     Setting("task_worker", _bool, True, "Whether this replica may run the task worker (one runs per database)."),
     Setting(
         "instruments",
@@ -347,6 +359,8 @@ class Settings:
     test_wait_max: float = 300.0
     task_timeout_max: float = 3600.0
     task_queue_max: int = 1000
+    tasks_per_client: int = 20
+    task_seconds_per_client: float = 3600.0
     task_worker: bool = True
     instruments: str = ""
     composite_window: float = 10.0

@@ -515,9 +515,14 @@ def build_openapi() -> dict[str, Any]:
                 "Queue a task",
                 {"201": _json(_ref("Task"), "Queued.")},
                 400,
+                401,
                 413,
+                429,
                 503,
                 tag="work",
+                description="One client (the account of an optional `Authorization: Bearer` key, else the address)"
+                " may hold at most TICKHUB_TASKS_PER_CLIENT open tasks and TICKHUB_TASK_SECONDS_PER_CLIENT seconds"
+                " of their timeouts: past either, 429 `too_many_tasks` with Retry-After. An invalid key is a 401.",
                 requestBody={"required": True, "content": {JSON: {"schema": _ref("TaskRequest")}}},
             )
         },
@@ -591,6 +596,7 @@ def build_openapi() -> dict[str, Any]:
             404: "Not found.",
             413: "Request body too large.",
             422: "Refused; nothing changed.",
+            429: "Too many from this client; retry after Retry-After.",
             500: "Internal error.",
             503: "Unavailable; retry.",
         }.items()

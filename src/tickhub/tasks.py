@@ -1,7 +1,8 @@
 """The sequential task queue: tasks persisted in PostgreSQL, run one at a time in arrival order.
 
 Submitting takes a transaction-scoped advisory lock, so ids are handed out in commit order and
-the length cap holds under concurrent submits. Exactly one worker runs at a time across all hub
+the length cap, and each client's bound (open tasks, seconds of timeouts), hold under concurrent
+submits. Exactly one worker runs at a time across all hub
 replicas on the database: it holds a session advisory lock on a connection of its own, and the
 others wait as standbys. While a task runs the worker watches that connection (asyncpg's
 termination event, and a short round trip every second, since a partition closes nothing): once it
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +32,11 @@ log = logging.getLogger("tickhub.tasks")
 CHANNEL = "tickhub_tasks"
 SQL_SUBMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tickhub.tasks.submit.' || $1))"
 SQL_OPEN_COUNT = "SELECT count(*) FROM tasks WHERE state <> 'done'"
-SQL_INSERT = "INSERT INTO tasks (num, timeout) VALUES ($1, $2) RETURNING id, num, timeout, state, added_at"
+SQL_CLIENT_OPEN = (
+    "SELECT count(*) AS tasks, coalesce(sum(timeout), 0) AS seconds, min(timeout) AS shortest"
+    " FROM tasks WHERE state <> 'done' AND client = $1"
+)
+SQL_INSERT = "INSERT INTO tasks (num, timeout, client) VALUES ($1, $2, $3) RETURNING id, num, timeout, state, added_at"
 SQL_NOTIFY = "SELECT pg_notify($1, $2)"
 _COLUMNS = "id, num, timeout, state, added_at, started_at, finished_at, attempts"
 SQL_QUEUE = f"SELECT {_COLUMNS} FROM tasks WHERE state <> 'done' ORDER BY id"
@@ -52,6 +58,22 @@ SQL_FINISH = (
 
 class QueueFull(Exception):
     """The queue holds as many open tasks as it may."""
+
+
+@dataclass(frozen=True)
+class ClientBound:
+    """What one client may have open at once: tasks, and seconds of their timeouts."""
+
+    tasks: int
+    seconds: float
+
+
+class TooManyTasks(Exception):
+    """The client already holds as many open tasks, or seconds of them, as it may."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class WorkerLockLost(Exception):
@@ -90,6 +112,22 @@ def _task(row: asyncpg.Record, position: int | None = None) -> Task:
     return Task(**dict(row), position=position)
 
 
+def _check_bound(held: asyncpg.Record, timeout: float, bound: ClientBound) -> None:
+    # Retry-After is a lower bound: no retry can succeed before that much of the client's work has run.
+    if held["tasks"] >= bound.tasks:
+        raise TooManyTasks(
+            f"this client has {held['tasks']} open tasks, the most it may have; retry when one is done",
+            max(1, math.ceil(held["shortest"])),
+        )
+    excess = held["seconds"] + timeout - bound.seconds
+    if excess > 1e-9:  # sums of float timeouts carry rounding: 0.1 + 0.2 fits a bound of 0.3
+        raise TooManyTasks(
+            f"this client's open tasks hold {held['seconds']:g} s and this one adds {timeout:g} s;"
+            f" at most {bound.seconds:g} s may be open; retry when some are done",
+            max(1, math.ceil(excess)),
+        )
+
+
 class TaskQueue:
     """Submitting and reading tasks (any replica), and the worker that runs them (one replica)."""
 
@@ -116,15 +154,19 @@ class TaskQueue:
 
     # -- any replica ---------------------------------------------------------------------
 
-    async def submit(self, num: int, timeout: float) -> Task:
-        """Append a task; raises QueueFull at the cap."""
+    async def submit(
+        self, num: int, timeout: float, client: str | None = None, bound: ClientBound | None = None
+    ) -> Task:
+        """Append a task for ``client``; raises TooManyTasks past its bound, QueueFull at the cap."""
         with unavailable_as_error():
             async with self.store.pool.acquire() as conn, conn.transaction():
                 await conn.execute(SQL_SUBMIT_LOCK, self.store.schema)
+                if client is not None and bound is not None:
+                    _check_bound(await conn.fetchrow(SQL_CLIENT_OPEN, client), timeout, bound)
                 open_count = await conn.fetchval(SQL_OPEN_COUNT)
                 if open_count >= self.max_open:
                     raise QueueFull
-                row = await conn.fetchrow(SQL_INSERT, num, timeout)
+                row = await conn.fetchrow(SQL_INSERT, num, timeout, client)
                 await conn.execute(SQL_NOTIFY, self._channel, str(row["id"]))
         self._wake.set()
         return _task(row, position=open_count + 1)

@@ -14,7 +14,7 @@ from .errors import ApiError
 from .http import ClientGone, read_json, unless_disconnected
 from .responses import JSONResponse
 from .routes_common import hub_of, parse_limit
-from .tasks import QueueFull
+from .tasks import ClientBound, QueueFull, TooManyTasks
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -62,11 +62,38 @@ def _task_fields(body: dict[str, Any], timeout_max: float) -> tuple[int, float]:
     return num, float(timeout)
 
 
+async def _task_client(request: Request) -> str:
+    """Who submits: the account of a valid bearer key; without one, the address. A bad key is a 401."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return f"address:{request.client.host if request.client else '-'}"
+    scheme, _, token = header.partition(" ")
+    account_id = None
+    if scheme.lower() == "bearer" and token.strip():
+        account_id = await hub_of(request).accounts.authenticate(token.strip())
+    if account_id is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the API key is not valid: send a valid Authorization: Bearer <key>, or none",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return f"account:{account_id}"
+
+
 async def submit_task(request: Request) -> Response:
+    """Queue a task, within the caller's bound of open tasks and seconds, and the queue's cap."""
     hub: Hub = hub_of(request)
-    num, timeout = _task_fields(await read_json(request, hub.settings.max_body), hub.settings.task_timeout_max)
+    settings = hub.settings
+    client = await _task_client(request)
+    # A timeout above one client's whole allowance could never be queued: that is bad input, not "later".
+    timeout_max = min(settings.task_timeout_max, settings.task_seconds_per_client)
+    num, timeout = _task_fields(await read_json(request, settings.max_body), timeout_max)
+    bound = ClientBound(settings.tasks_per_client, settings.task_seconds_per_client)
     try:
-        task = await hub.tasks.submit(num, timeout)
+        task = await hub.tasks.submit(num, timeout, client, bound)
+    except TooManyTasks as exc:
+        raise ApiError(429, "too_many_tasks", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     except QueueFull:
         raise ApiError(
             503,
