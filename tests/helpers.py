@@ -322,6 +322,16 @@ class TcpProxy:
         self._writers -= {writer, up_writer}
 
 
+def via_proxy(url: str, port: int) -> str:
+    """``url`` (a PostgreSQL DSN) pointed at 127.0.0.1:``port`` instead, user and path kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
 def spawn_mock_source(
     port: int, name: str = "mock", symbols: str = "BTCUSD", interval: float = 0.01, extra: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:

@@ -43,6 +43,7 @@ def test_environment_and_env_file(tmp_path: Path) -> None:
         ("TICKHUB_SOURCES", "Bad Name=http://x"),
         ("TICKHUB_DATABASE_SCHEMA", "public; drop"),
         ("TICKHUB_LOG_LEVEL", "loud"),
+        ("TICKHUB_WRITER_HIGH_WATER", "600000"),  # above half the backlog: drops while PostgreSQL is healthy
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_setting(name: str, value: str) -> None:

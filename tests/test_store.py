@@ -67,11 +67,17 @@ class FlakyStore:
     def __init__(self) -> None:
         self.up = False
         self.batches: list[list[Tick]] = []
+        self.gaps: list[tuple[int, int, str]] = []
 
     async def write_ticks(self, ticks: list[Tick]) -> None:
         if not self.up:
             raise StoreUnavailable("connection refused")
         self.batches.append(list(ticks))
+
+    async def record_gaps(self, gaps: list[tuple[int, int, str]]) -> None:
+        if not self.up:
+            raise StoreUnavailable("connection refused")
+        self.gaps.extend(gaps)
 
 
 async def test_writer_holds_a_bounded_backlog_while_the_database_is_down() -> None:
@@ -94,6 +100,7 @@ async def test_writer_holds_a_bounded_backlog_while_the_database_is_down() -> No
     written = [t.id for batch in store.batches for t in batch]
     assert written == [t.id for t in ticks[30:]], "kept rows are written once, in order"
     assert not writer.failing and writer.persisted_id == ticks[-1].id
+    assert store.gaps == [(ticks[0].id, ticks[29].id, "dropped")], "the drop is recorded with the next write"
     await writer.close(timeout=1)
 
 

@@ -390,8 +390,10 @@ class Settings:
     def check(self) -> None:
         if self.reconnect_min > self.reconnect_max:
             raise SettingsError("TICKHUB_RECONNECT_MIN must not exceed TICKHUB_RECONNECT_MAX")
-        if self.writer_high_water > self.writer_backlog:
-            raise SettingsError("TICKHUB_WRITER_HIGH_WATER must not exceed TICKHUB_WRITER_BACKLOG")
+        if self.writer_high_water * 2 > self.writer_backlog:
+            # Ingest finishes the chunk it is reading before it pauses: the backlog needs room above the high
+            # water, or ticks are dropped while PostgreSQL is healthy.
+            raise SettingsError("TICKHUB_WRITER_HIGH_WATER must be at most half of TICKHUB_WRITER_BACKLOG")
         try:
             load_instruments(self.instruments)
         except InstrumentsError as exc:

@@ -297,6 +297,7 @@ class Hub:
                 "written": writer.written,
                 "batches": writer.batches,
                 "dropped": writer.dropped,
+                "rejected": writer.rejected,
                 "failing": writer.failing,
                 "ingest_paused": not writer.room.is_set(),
                 "pauses": writer.pauses,

@@ -49,6 +49,8 @@ class SourceStats:
         self.ignored = 0
         self.rejects: Counter[str] = Counter()
         self.connects = 0
+        #: Unexpected errors in this source's task (a bug, or input nobody foresaw), each followed by a reconnect.
+        self.failures = 0
         self.last_error: str | None = None
 
     @property
@@ -74,6 +76,7 @@ class SourceStats:
             "rejects": dict(self.rejects),
             "rejected": sum(self.rejects.values()),
             "connects": self.connects,
+            "failures": self.failures,
             "last_error": self.last_error,
         }
 
@@ -126,6 +129,10 @@ class SourceClient:
                 stats.last_error = "no event or heartbeat within the stale timeout"
             except (aiohttp.ClientError, SourceError, OSError) as exc:
                 stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:  # never let one source's ingest end silently: log, count, reconnect
+                stats.failures += 1
+                stats.last_error = f"unexpected {type(exc).__name__}: {exc}"[:300]
+                log.exception("source %s: unexpected error (%d so far); reconnecting", self.name, stats.failures)
             stats.connected_at = None
             if stats.state != "stale":
                 stats.state = "reconnecting"

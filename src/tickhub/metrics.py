@@ -57,6 +57,9 @@ class HubMetrics(Collector):
             "tickhub_source_gaps", "Jumps in a source's seq (events it no longer had).", labels=["source"]
         )
         connects = CounterMetricFamily("tickhub_source_connects", "Connections made to a source.", labels=["source"])
+        failures = CounterMetricFamily(
+            "tickhub_source_failures", "Unexpected errors in a source's ingest (each reconnected).", labels=["source"]
+        )
         up = GaugeMetricFamily("tickhub_source_up", "1 while connected to the source.", labels=["source"])
         lag = GaugeMetricFamily(
             "tickhub_source_lag_seconds", "Receive time minus source time of the last tick.", labels=["source"]
@@ -74,10 +77,11 @@ class HubMetrics(Collector):
                 rejects.add_metric([name, reason], value)
             gaps.add_metric([name], stats.gaps)
             connects.add_metric([name], stats.connects)
+            failures.add_metric([name], stats.failures)
             up.add_metric([name], 1.0 if stats.state == "connected" else 0.0)
             if stats.last_tick_lag is not None:
                 lag.add_metric([name], stats.last_tick_lag)
-        yield from (events, rejects, gaps, connects, up, lag)
+        yield from (events, rejects, gaps, connects, failures, up, lag)
 
         fanout, writer = hub.fanout, hub.writer
         yield CounterMetricFamily("tickhub_ticks_published", "Ticks put on the stream.", value=hub.ring.head)
@@ -109,6 +113,11 @@ class HubMetrics(Collector):
             "tickhub_writer_dropped", "Ticks dropped because the write backlog was full.", value=writer.dropped
         )
         yield CounterMetricFamily("tickhub_writer_errors", "Failed PostgreSQL writes (retried).", value=writer.errors)
+        yield CounterMetricFamily(
+            "tickhub_writer_rejected",
+            "Ticks PostgreSQL refused, set aside in rejected_ticks so the rest of their batch was written.",
+            value=writer.rejected,
+        )
         yield GaugeMetricFamily(
             "tickhub_ingest_paused",
             "1 while ingest waits for the writer to catch up with a slow PostgreSQL.",

@@ -71,6 +71,17 @@ SELECT bucket, open::text, high::text, low::text, close::text, n FROM (
     GROUP BY bucket ORDER BY bucket DESC LIMIT $5
 ) AS c ORDER BY bucket
 """
+SQL_RECORD_GAPS = """
+INSERT INTO tick_gaps (first_id, last_id, reason)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
+ON CONFLICT (first_id) DO UPDATE SET last_id = greatest(tick_gaps.last_id, EXCLUDED.last_id)
+"""
+SQL_SET_ASIDE = """
+INSERT INTO rejected_ticks (id, source, seq, tick, error)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[])
+ON CONFLICT (id) DO NOTHING
+"""
+SQL_HAS_GAP = "SELECT EXISTS (SELECT 1 FROM tick_gaps WHERE first_id < $2 AND last_id > $1)"
 SQL_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('tickhub.migrate.' || $1))"
 SQL_MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tickhub.migrate.' || $1))"
 SQL_MIGRATIONS_TABLE = """
@@ -84,8 +95,19 @@ TIME_MIN = datetime(1, 1, 1, tzinfo=UTC)
 TIME_MAX = datetime(9999, 12, 31, tzinfo=UTC)
 
 
+#: What PostgreSQL (or asyncpg, encoding a value) refuses because of the data itself: retrying the
+#: same rows fails the same way. Client-side ``asyncpg`` data errors are ``InterfaceError`` *and*
+#: ``ValueError``; they are data errors, not a lost connection.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
+
+
 class StoreUnavailable(RuntimeError):
     """PostgreSQL could not be reached or dropped the connection; the operation may be retried."""
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True if ``exc`` says the rows are bad, so that retrying them as they are cannot succeed."""
+    return isinstance(exc, _DATA_ERRORS) and not isinstance(exc, StoreUnavailable)
 
 
 @contextlib.contextmanager
@@ -93,6 +115,8 @@ def unavailable_as_error() -> AsyncIterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
+        if isinstance(exc, ValueError):  # asyncpg's client-side DataError: the data, not the connection
+            raise
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -103,6 +127,11 @@ def _tick(row: Sequence) -> Tick:
 
 def _extra_text(tick: Tick) -> str | None:
     return None if tick.extra is None else tick.extra.decode()
+
+
+def _printable(text: str) -> str:
+    """``text`` as PostgreSQL's text accepts it, whatever it holds (a NUL, a lone surrogate)."""
+    return text.encode("utf-8", "replace").decode().replace("\0", "\ufffd")
 
 
 def copy_rows(ticks: Sequence[Tick]) -> bytes:
@@ -265,6 +294,37 @@ class Store:
                         await conn.copy_to_table("ticks_staging", source=_one_chunk(rows), columns=STORED_COLUMNS)
                         await conn.execute(SQL_MERGE_STAGED)
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
+
+    async def record_gaps(self, gaps: Sequence[tuple[int, int, str]]) -> None:
+        """Record ranges of ids (first, last, reason) that will never be in ``ticks``."""
+        if not gaps:
+            return
+        with unavailable_as_error():
+            await self.pool.execute(SQL_RECORD_GAPS, *(list(column) for column in zip(*gaps, strict=True)))
+
+    async def set_aside(self, refused: Sequence[tuple[Tick, str]]) -> None:
+        """Keep ticks PostgreSQL refused in ``rejected_ticks`` (bytes as streamed, with the error) and
+        record their ids as gaps, in one transaction."""
+        if not refused:
+            return
+        ticks = [t for t, _ in refused]
+        with unavailable_as_error():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    SQL_SET_ASIDE,
+                    [t.id for t in ticks],
+                    [_printable(t.source) for t in ticks],
+                    [t.seq for t in ticks],
+                    [t.json for t in ticks],
+                    [_printable(error) for _, error in refused],
+                )
+                ids = [t.id for t in ticks]
+                await conn.execute(SQL_RECORD_GAPS, ids, ids, ["rejected"] * len(ticks))
+
+    async def has_gap(self, after_id: int, before_id: int) -> bool:
+        """True if a recorded gap overlaps the open interval (after_id, before_id)."""
+        with unavailable_as_error():
+            return await self.pool.fetchval(SQL_HAS_GAP, after_id, before_id)
 
     async def ticks_after(self, after_id: int, before_id: int, symbols: Sequence[str] | None, limit: int) -> list[Tick]:
         """Persisted ticks with after_id < id < before_id, in id order, at most ``limit``."""

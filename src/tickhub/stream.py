@@ -168,8 +168,8 @@ class TickStreamResponse:
                             n = await hub.store.count_after(cursor, end, _sorted(symbols), budget + 1)
                             if n > budget:
                                 raise Resync("too_old")
-                        if not hub.writer.is_gap_free(cursor, end):
-                            raise Resync("history_unavailable")
+                        if not hub.writer.is_gap_free(cursor, end) or await hub.store.has_gap(cursor, end):
+                            raise Resync("history_unavailable")  # dropped or refused ticks, this run or an earlier one
                         rows = await hub.store.ticks_after(cursor, end, _sorted(symbols), REPLAY_PAGE)
                         scanned = rows[-1].id if len(rows) == REPLAY_PAGE else end - 1
                         tier = "postgres"

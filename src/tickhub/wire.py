@@ -12,13 +12,20 @@ from typing import Any, NamedTuple
 
 import orjson
 
+# Every pattern ends in ``\Z``, not ``$``: ``$`` also matches before a final newline, and a symbol
+# "EVIL\n" that passed would break the SSE frame and the COPY row it is formatted into. With ``\Z``
+# every ``.match`` of these patterns is a whole-string match.
+
 #: Upper-case symbols: ``BTCUSD``, ``BTC-USD``, venue-qualified ``BINANCE:BTCUSDT``. No ``/``, so a
 #: symbol is always one URL path segment (bridges write Kraken's ``BTC/USD`` as ``KRAKEN:BTC-USD``).
-SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:-]{0,39}$")
+SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9._:-]{0,39}\Z")
 #: A plain positive decimal: no sign, no exponent, no NaN or infinity.
-PRICE_RE = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?$")
+PRICE_RE = re.compile(r"[0-9]{1,24}(\.[0-9]{1,18})?\Z")
 #: Source names as given in ``TICKHUB_SOURCES``.
-SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
+#: The wire's own timestamp form (:func:`format_ts`), kept as sent; anything else is parsed and reformatted.
+#: ``fromisoformat`` alone is no check of the text: it takes any character between date and time, a newline too.
+CANONICAL_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
 #: The fields every tick has, in their order on the wire.
 TICK_FIELDS = frozenset(("id", "source", "symbol", "price", "ts", "seq"))
 
@@ -106,13 +113,20 @@ def parse_ts(value: object) -> datetime:
     """Parse an ISO-8601 timestamp with an offset (``Z`` allowed) into an aware UTC datetime."""
     if not isinstance(value, str) or len(value) > 40:
         raise TickRejected("bad_ts", "ts must be an ISO-8601 string")
+    if not (value.isascii() and value.isprintable()) or value[10:11] not in ("T", "t", " "):
+        raise TickRejected("bad_ts", f"not ISO-8601 date and time: {value[:40]!r}")
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise TickRejected("bad_ts", f"not ISO-8601: {value[:40]!r}") from None
     if dt.tzinfo is None:
         raise TickRejected("bad_ts", "ts needs a UTC offset")
-    return dt.astimezone(UTC) if dt.tzinfo is not UTC else dt
+    if dt.tzinfo is UTC:
+        return dt
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is in year 10000 in UTC
+        raise TickRejected("bad_ts", f"outside years 1-9999 in UTC: {value[:40]!r}") from None
 
 
 def check_price(value: object) -> str:
@@ -166,7 +180,7 @@ def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceT
         check_symbol(symbol)
     if type(price) is not str or PRICE_RE.match(price) is None or not price.strip("0."):
         check_price(price)
-    if type(ts) is str and len(ts) == 27 and ts[26] == "Z" and ts[19] == ".":
+    if type(ts) is str and len(ts) == 27 and CANONICAL_TS_RE.match(ts) is not None:
         try:  # already canonical: parse it, keep the text
             return SourceTick(symbol, price, datetime.fromisoformat(ts), ts, seq)
         except ValueError:
