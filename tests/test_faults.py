@@ -286,10 +286,11 @@ async def test_too_many_streams_from_one_client_get_429(settings: Settings, cap:
                 response.close()
 
 
-@pytest.mark.parametrize("send_buffer", [0, 65536])
+@pytest.mark.parametrize("send_buffer", [0, 65536, Settings().send_buffer])
 def test_the_send_buffer_setting_reaches_every_accepted_connection(send_buffer: int) -> None:
     """TICKHUB_SEND_BUFFER is set on the listener, so each accepted connection has it (Linux reports
-    twice the value asked for); unset, the kernel's default and autotuning stay."""
+    twice the value asked for); 0 leaves the kernel's default and autotuning. The default is bounded."""
+    assert 0 < Settings().send_buffer <= 1 << 20, "a stalled client must not pin megabytes by default"
     from tickhub.server import listen_socket
 
     default = socket.socket().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)

@@ -23,6 +23,7 @@ def _logging(level: str) -> None:
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
+    from .connections import raise_open_files_limit
     from .embedded import database_url
     from .server import build_server, listen_socket
 
@@ -32,6 +33,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(port=args.port)
     _logging(settings.log_level)
+    raise_open_files_limit()  # every subscriber is an open file; the default soft limit is often 1024
     with database_url(settings.database_url, settings.data_dir) as url:
         settings = settings.replace(database_url=url)
         server = build_server(settings)

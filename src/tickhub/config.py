@@ -117,6 +117,14 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+def _optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(raw: str) -> Any:
+        return cast(raw) if raw else None
+
+    check.__name__ = f"optional {cast.__name__}"
+    return check
+
+
 def _percent(raw: str) -> Decimal:
     try:
         value = Decimal(raw)
@@ -180,8 +188,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "send_buffer",
         _non_negative(int),
-        0,
-        "Kernel send buffer of each client connection in bytes (bounds what a stalled subscriber holds); 0: autotuned.",
+        262144,
+        "Kernel send buffer per client connection in bytes (Linux doubles it): the most a client that stopped"
+        " reading pins. 256 KiB holds dozens of flushes (a few KB each) and a 1 MiB catch-up write in 4 passes;"
+        " 0: autotuned, up to megabytes each.",
     ),
     Setting("max_symbols", _positive(int), 100, "Most symbols one /stream subscription may name."),
     Setting(
@@ -189,6 +199,18 @@ SETTINGS: tuple[Setting, ...] = (
         _positive(int),
         500,
         "Most open /stream connections from one client address; more get 429.",
+    ),
+    Setting(
+        "header_timeout",
+        _positive(float),
+        5.0,
+        "Seconds a connection may take to send a whole request head, from its opening or its previous response.",
+    ),
+    Setting(
+        "limit_concurrency",
+        _optional(_positive(int)),
+        None,
+        "Most open connections (streams included) before new requests get 503; empty: no limit.",
     ),
     Setting(
         "cors_origins",
@@ -331,9 +353,11 @@ class Settings:
     subscriber_backlog: int = 1048576
     slow_overflows: int = 3
     slow_timeout: float = 30.0
-    send_buffer: int = 0
+    send_buffer: int = 262144
     max_symbols: int = 100
     max_streams_per_client: int = 500
+    header_timeout: float = 5.0
+    limit_concurrency: int | None = None
     cors_origins: tuple[str, ...] = ()
     replay_limit: int = 100000
     history_limit: int = 10000

@@ -10,6 +10,7 @@ import uvicorn
 
 from .app import HubApp, create_app
 from .config import Settings
+from .connections import ConnectionLimit, http_protocol
 
 
 class HubServer(uvicorn.Server):
@@ -67,6 +68,8 @@ def listen_socket(settings: Settings) -> socket.socket:
 
 
 def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
+    """The hub's app under uvicorn: connections without a whole request head within
+    ``TICKHUB_HEADER_TIMEOUT`` are closed, and past ``TICKHUB_LIMIT_CONCURRENCY`` requests get 503."""
     app = create_app(settings)
     options: dict[str, object] = {
         "host": settings.host,
@@ -76,6 +79,13 @@ def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
         "lifespan": "on",
         "timeout_graceful_shutdown": int(max(1, settings.shutdown_timeout)),
         "log_config": None,
+        "http": http_protocol(settings.header_timeout),
+        # An idle keep-alive connection is one waiting for its next head: the same bound.
+        "timeout_keep_alive": settings.header_timeout,
     }
     options.update(uvicorn_options)
-    return HubServer(uvicorn.Config(app, **options), app)  # type: ignore[arg-type]
+    limiter = None if settings.limit_concurrency is None else ConnectionLimit(app, settings.limit_concurrency)
+    server = HubServer(uvicorn.Config(limiter or app, **options), app)  # type: ignore[arg-type]
+    if limiter is not None:
+        limiter.connections = server.server_state.connections
+    return server

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from .broker import BrokerUnavailable
+from .connections import abort_with_reset
 from .errors import ApiError, response_for
 from .fanout import Subscriber, SymbolFilter, resync_frame
 from .sequencer import parse_event_id, run_of
@@ -90,7 +91,7 @@ class TickStreamResponse:
         # ASGI has no message that drops a connection; uvicorn's send is a method of the request
         # cycle, which holds the transport. Without it a stalled client's socket would stay open.
         transport = getattr(getattr(send, "__self__", None), "transport", None)
-        abort = transport.abort if transport is not None and hasattr(transport, "abort") else None
+        abort = abort_with_reset(transport)  # a reset, so the kernel frees what the client never read
         sub = Subscriber(write, finish, self.symbols, abort)
         receiver = asyncio.ensure_future(_until_disconnect(receive))
         opener = None if self.last_event_id is None else asyncio.ensure_future(self._resume(sub))

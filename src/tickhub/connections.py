@@ -1,0 +1,189 @@
+"""The hub's client connections: dropping a stalled one at once, closing those that never send a request,
+the process's open-files limit, and a cap on open connections.
+
+uvicorn's ``timeout_keep_alive`` starts only after a response and stops at the first byte received, so
+a connection that sends nothing, or half a request head, is held forever: enough of them exhaust the
+process's file descriptors and every new client, ``/ping`` included, is refused. Its HTTP protocol is
+subclassed here to close such connections after ``TICKHUB_HEADER_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from .errors import error_response
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger("tickhub.connections")
+
+#: SO_LINGER on, 0 s: close() resets the connection and frees what is queued instead of sending it first.
+LINGER_RESET = struct.pack("ii", 1, 0)
+#: Share of the open-files limit past which open connections are worth a warning.
+FD_WARNING_SHARE = 0.9
+#: Least seconds between two such warnings.
+FD_WARNING_EVERY = 60.0
+
+
+def abort_with_reset(transport: Any) -> Callable[[], None] | None:
+    """A callable that drops ``transport``'s connection at once, or None if it has no way to.
+
+    A plain abort closes the socket with a FIN queued behind the unsent bytes; for a client that never
+    reads them the kernel keeps the socket in FIN-WAIT-1, holding its whole send buffer, until its
+    retries run out (minutes). Lingering 0 s makes the close a reset that frees both at once.
+    """
+    if transport is None or not hasattr(transport, "abort"):
+        return None
+
+    def abort() -> None:
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        except (AttributeError, OSError, ValueError):  # no socket, or one that cannot linger: abort as it is
+            pass
+        transport.abort()
+
+    return abort
+
+
+def raise_open_files_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit (each connection is a file);
+    return the limit now in force, or None where there is none to read."""
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # e.g. macOS caps the soft limit below an infinite hard one
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    limit = open_files_limit()
+    log.info("open-files limit: %s (was %s, hard limit %s)", limit, soft, hard)
+    return limit
+
+
+def open_files_limit() -> int | None:
+    """The soft limit on this process's open files, or None if unknown or unlimited."""
+    if resource is None:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class HeaderTimeout:
+    """Mixed into uvicorn's HTTP protocol: a connection must send a whole request head within
+    ``header_timeout`` seconds of opening and of each response's end, or it is closed.
+
+    The timer is armed once per connection and per response, never per write: a stream, or a request
+    whose body comes slowly, has its head already and is left alone.
+    """
+
+    header_timeout: float = 5.0
+    fd_limit: int | None = None
+    warn_connections: int | None = None
+    _head_timer: asyncio.TimerHandle | None = None
+    _warned_at = float("-inf")
+
+    # Attributes of uvicorn's protocol this relies on.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    connections: set[Any]
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_head_timer()
+        if self.warn_connections is not None and len(self.connections) >= self.warn_connections:
+            self._warn_near_fd_limit()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._head_timer is not None and self.cycle is not None and not self.cycle.response_complete:
+            self._disarm_head_timer()  # a whole head arrived: the request is being served
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        # A pipelined request already has its head; otherwise the next one must come in time.
+        if self.cycle.response_complete and not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._disarm_head_timer()  # the connection is the WebSocket protocol's from here on
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            log.debug("closing a connection that sent no whole request head in %.1fs", self.header_timeout)
+            self.transport.close()
+
+    def _warn_near_fd_limit(self) -> None:
+        now = time.monotonic()
+        cls = type(self)
+        if now - cls._warned_at >= FD_WARNING_EVERY:
+            cls._warned_at = now
+            log.warning(
+                "%d open connections, near this process's limit of %s open files: past it new connections"
+                " fail; raise the limit (ulimit -n) or set TICKHUB_LIMIT_CONCURRENCY",
+                len(self.connections),
+                self.fd_limit,
+            )
+
+
+def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with the header timeout, and a
+    warning when open connections near the open-files limit in force now."""
+    limit = open_files_limit()
+    attributes = {
+        "header_timeout": header_timeout,
+        "fd_limit": limit,
+        "warn_connections": None if limit is None else int(limit * FD_WARNING_SHARE),
+        "_warned_at": float("-inf"),
+    }
+    return type("HubHTTPProtocol", (HeaderTimeout, AutoHTTPProtocol), attributes)
+
+
+class ConnectionLimit:
+    """ASGI wrapper: past ``limit`` open connections a new request is answered 503, as JSON like every
+    other error (uvicorn's own ``limit_concurrency`` answers in plain text). ``connections`` is the
+    server's set of open connections, given once the server exists."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.connections: set[Any] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(self.connections) > self.limit:
+            response = error_response(
+                503, "over_capacity", "the hub has too many open connections; retry shortly", {"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
