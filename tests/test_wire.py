@@ -111,6 +111,7 @@ def test_seq_falls_back_to_the_sse_id() -> None:
         (good(price="Infinity"), "bad_price"),
         (good(price="0.000"), "bad_price"),
         (good(price="1e5"), "bad_price"),
+        (good(price="007.50"), "bad_price"),  # PostgreSQL's numeric would store it as 7.50
         (good(price=43000.1), "bad_price"),
         (good(price=""), "bad_price"),
         (good(symbol="btcusd"), "bad_symbol"),
@@ -252,7 +253,7 @@ def test_the_tick_fast_path_agrees_with_parse_source_tick_on_every_frame() -> No
             assert not (canonical and isinstance(expected, SourceTick)), (
                 f"a canonical tick missed the fast path: {frame}"
             )
-    assert fast > 50, "the fast path was taken"
+    assert fast > 30, "the fast path was taken"
 
 
 def test_the_tick_fast_path_keeps_order_ids_and_chunking_with_other_events() -> None:

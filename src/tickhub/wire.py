@@ -19,8 +19,9 @@ import orjson
 #: Upper-case symbols: ``BTCUSD``, ``BTC-USD``, venue-qualified ``BINANCE:BTCUSDT``. No ``/``, so a
 #: symbol is always one URL path segment (bridges write Kraken's ``BTC/USD`` as ``KRAKEN:BTC-USD``).
 SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9._:-]{0,39}\Z")
-#: A plain positive decimal: no sign, no exponent, no NaN or infinity.
-PRICE_RE = re.compile(r"[0-9]{1,24}(\.[0-9]{1,18})?\Z")
+#: A plain positive decimal: no sign, no exponent, no NaN or infinity, no leading zero (PostgreSQL's
+#: numeric would drop it, and the stored price would no longer be the bytes the source sent).
+PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,23})(\.[0-9]{1,18})?\Z")
 #: Source names as given in ``TICKHUB_SOURCES``.
 SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
 #: The wire's own timestamp form (:func:`format_ts`), kept as sent; anything else is parsed and reformatted.
@@ -229,7 +230,7 @@ _WHOLE_EVENT = re.compile(rb"id: ?([^\n]*)\nevent: ?([^\n]*)\ndata: ?([^\n]*)\n\
 #: in the shapes :func:`parse_source_tick` accepts (the source name is the hub's own, so it is skipped).
 _SOURCE_TICK = re.compile(
     rb'id: ?([0-9]{1,19})\nevent: ?tick\ndata: ?\{"source":"[^"\\\x00-\x1f]{0,64}",'
-    rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"([0-9]{1,24}(?:\.[0-9]{1,18})?)",'
+    rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"((?:0|[1-9][0-9]{0,23})(?:\.[0-9]{1,18})?)",'
     rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})\}\n\n'
 )
 _SEQ_LIMIT = 1 << 63
