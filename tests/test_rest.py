@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiohttp
 import orjson
@@ -99,3 +100,51 @@ async def test_ping_and_health(settings: Settings) -> None:
         assert venue["lag_ms"] is not None
         assert health["writer"]["written"] == 2 and health["writer"]["backlog"] == 0
         assert health["stream"]["subscribers"] == 0
+
+
+async def test_times_at_the_ends_of_the_calendar_and_huge_integers_are_answered(settings: Settings) -> None:
+    async with scripted_source(KNOWN) as (url, _), running_hub(settings.replace(sources=(("venue", url),))) as hub:
+        await wait_for(lambda: hub.hub.sequencer.last_seq("venue") == 5, what="the ticks")
+        await wait_for(lambda: hub.hub.writer.persisted_id >= hub.hub.market.last_id, what="the writer")
+        key = await hub.hub.accounts.create("alice", Decimal(1))
+        auth = {"Authorization": f"Bearer {key}"}
+        huge = "9" * 5000
+        refused = [
+            "/prices/BTCUSD/history?since=0001-01-01T00:00:00%2B01:00",  # year 0 in UTC
+            "/prices/BTCUSD/history?until=9999-12-31T23:59:59-01:00",  # year 10000 in UTC
+            "/prices/BTCUSD/candles?since=0001-01-01T00:00:00%2B01:00",
+            "/prices/BTCUSD/candles?interval=1h&until=9999-12-31T23:59:59-01:00",
+            "/prices/BTCUSD/history?since=1e400",
+            "/prices/BTCUSD/history?since=%D9%A1%D9%A2",  # Arabic-Indic digits
+            "/prices/BTCUSD/history?since=1700000000%0A",
+            f"/prices/BTCUSD/history?since={huge}",
+            f"/prices/BTCUSD/history?limit={huge}",
+            f"/prices/BTCUSD/candles?limit={huge}",
+            f"/orders?limit={huge}",
+            f"/orders?before={huge}",
+            f"/tasks/results?limit={huge}",
+            f"/tasks/results?offset={huge}",
+            f"/tasks/{huge}",
+            f"/tasks/{2**63}",
+            f"/orders/{huge}",
+        ]
+        for path in refused:
+            status, body = await get_json(hub.url + path, headers=auth)
+            assert (status, body["error"]["code"]) == (400, "bad_parameter"), path
+        for path in (
+            "/prices/BTCUSD/candles?interval=1h&until=0001-01-01T00:00:00",  # nothing before year 1
+            "/prices/BTCUSD/candles?interval=1s&until=0001-01-01T00:00:01&limit=1000",
+            "/prices/BTCUSD/candles?interval=1h&since=9999-12-31T23:00:00",  # after now: nothing yet
+            "/prices/BTCUSD/history?since=0001-01-01T00:00:00%2B00:00&until=0001-01-01T00:00:01Z",
+            "/prices/BTCUSD/history?since=9999-12-31T23:59:59.999999Z",
+            "/prices/BTCUSD/history?until=0001-01-01T00:00:00-00:00",
+            "/prices/BTCUSD/candles?since=0001-01-01T00:00:00&until=0001-01-02T00:00:00",
+            "/prices/BTCUSD/candles?since=9999-12-30T00:00:00&until=9999-12-31T23:59:59.999999%2B00:00",
+        ):
+            status, body = await get_json(hub.url + path)
+            assert status == 200, (path, body)
+            assert body.get("ticks", body.get("candles")) == [], path
+        status, body = await get_json(f"{hub.url}/prices/BTCUSD/history?since=0001-01-01T01:00:00%2B01:00")
+        assert status == 200 and len(body["ticks"]) == 4, "from the first instant of year 1: everything"
+        status, body = await get_json(f"{hub.url}/tasks/{2**63 - 1}")
+        assert (status, body["error"]["code"]) == (404, "unknown_task"), "an unknown id in range stays 404"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import aiohttp
+import hypothesis
 import orjson
 from helpers import running_hub, scripted_source, wait_for
+from hypothesis import strategies as st
 
-from tickhub.accounts import new_key, split_key
+from tickhub.accounts import new_key, removed_basis, split_key
 from tickhub.config import Settings
 
 
@@ -21,6 +24,7 @@ def tick_event(seq: int, symbol: str, price: str) -> bytes:
     return b"id: %d\nevent: tick\ndata: %b\n\n" % (seq, orjson.dumps(data))
 
 
+SOAK = os.environ.get("TICKHUB_SOAK") == "1"
 PRICES = [tick_event(1, "BTCUSD", "43000.10"), tick_event(2, "META", "100.01")]
 
 
@@ -191,3 +195,157 @@ async def test_a_key_sees_and_trades_only_its_own_account(settings: Settings) ->
         status, body, _ = await bob.order("META", "sell", 1)
         assert (status, body["error"]["code"]) == (422, "insufficient_position"), "bob cannot sell alice's shares"
         assert (await alice.call("GET", "/accounts/me"))[1]["positions"][0]["qty"] == "3"
+
+
+# A held position is ``held`` units bought for ``basis`` in all; amounts have up to 18 places, a basis more
+# (it sums price x qty products), so a partial sale's share of it is rounded.
+def _scaled(digits: st.SearchStrategy[int], places: st.SearchStrategy[int]) -> st.SearchStrategy[Decimal]:
+    return st.builds(lambda n, p: Decimal(n).scaleb(-p), digits, places)
+
+
+@st.composite
+def sales(draw: st.DrawFn) -> tuple[Decimal, Decimal, Decimal]:
+    """(basis, qty, held): a basis of up to 36 places, and qty <= held, both of up to 18 places."""
+    basis = draw(_scaled(st.integers(0, 10**30), st.integers(0, 36)))
+    places = draw(st.integers(0, 18))
+    held_units = draw(st.integers(1, 10**30))
+    qty_units = draw(st.integers(1, held_units))
+    return basis, Decimal(qty_units).scaleb(-places), Decimal(held_units).scaleb(-places)
+
+
+@hypothesis.settings(max_examples=2000 if SOAK else 300, database=None, deadline=None)
+@hypothesis.example(sale=(Decimal("1.9E-18"), Decimal("1.6E-10"), Decimal("1.9E-10")))
+@hypothesis.given(sale=sales())
+def test_a_partial_sale_never_removes_more_basis_than_is_held(sale: tuple[Decimal, Decimal, Decimal]) -> None:
+    basis, qty, held = sale
+    removed = removed_basis(basis, qty, held)
+    assert 0 <= removed <= basis, "the basis left must never go negative (positions.cost_basis >= 0)"
+    with localcontext() as ctx:
+        ctx.prec = 120
+        exact = basis * qty / held
+    assert abs(removed - exact) < Decimal("1E-18"), "rounded to the 18th place, no further"
+    if qty == held:
+        assert removed == basis, "selling everything removes the whole basis"
+
+
+DUST = [tick_event(1, "DUST", "0.00000001")]
+
+
+async def test_a_partial_sale_whose_basis_share_rounds_up_still_fills(settings: Settings) -> None:
+    # Buying 1.9E-10 at 1E-8 costs 1.9E-18; selling 1.6E-10 of it removes 1.6E-18 of basis, which
+    # rounded half-even to 18 places would be 2E-18: more than is held, a negative basis.
+    async with (
+        scripted_source(DUST) as (url, _),
+        running_hub(settings.replace(sources=(("v", url),))) as hub,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: "DUST" in hub.hub.market.latest, what="the price")
+        alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "1")))[0])
+        assert (await alice.order("DUST", "buy", "0.00000000019"))[0] == 201
+        status, body, _ = await alice.order("DUST", "sell", "0.00000000016")
+        assert status == 201, body
+        # 1E-18 of basis removed (1.6E-18 rounded down), so 0.6E-18 realized now and given back at the last sale
+        assert body["order"]["realized"] == "0.0000000000000000006"
+        (position,) = (await alice.call("GET", "/accounts/me"))[1]["positions"]
+        assert (position["qty"], position["cost_basis"]) == ("0.00000000003", "0.0000000000000000009")
+        assert (await alice.order("DUST", "sell", "0.00000000003"))[0] == 201
+        (position,) = (await alice.call("GET", "/accounts/me"))[1]["positions"]
+        assert (position["qty"], position["cost_basis"]) == ("0.00000000000", "0.0000000000000000000")
+        assert Decimal(position["realized_pnl"]) == 0, "bought and sold at one price: no gain in all"
+
+
+async def test_a_json_number_quantity_is_taken_exactly(settings: Settings) -> None:
+    async with priced_market(settings) as (hub, session):
+        alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "100000000")))[0])
+        for raw, qty in (
+            (b"0.123456789012345678", "0.123456789012345678"),
+            (b"12345.000000000000000001", "12345.000000000000000001"),
+            (b"999999999999.999999999999999999", "999999999999.999999999999999999"),
+            (b"1E-3", "0.001"),
+            (b"2.5e+1", "25"),
+            (b"1E+2", "100"),
+            (b"7", "7"),
+        ):
+            body = b'{"symbol": "META", "side": "buy", "qty": %b}' % raw
+            if raw.startswith(b"999999"):  # more than the account's cash: the refusal quotes the exact cost
+                status, error, _ = await alice.call("POST", "/orders", body)
+                assert (status, error["error"]["code"]) == (422, "insufficient_cash")
+                with localcontext() as ctx:
+                    ctx.prec = 80
+                    cost = Decimal("100.01") * Decimal(qty)
+                assert error["error"]["message"].startswith(f"costs {cost:f},"), error
+                continue
+            status, result, _ = await alice.call("POST", "/orders", body)
+            assert status == 201, (raw, result)
+            assert Decimal(result["order"]["qty"]) == Decimal(qty), raw
+        huge = [b"9" * 5000, b"0." + b"1" * 5000, b"1e400", b"1e-400", b"1e999999999999999999999", b"-0", b"0.0"]
+        for raw in huge:
+            status, error, _ = await alice.call(
+                "POST", "/orders", b'{"symbol": "META", "side": "buy", "qty": %b}' % raw
+            )
+            assert status == 400 and error["error"]["code"] in ("bad_field", "bad_json"), (raw[:20], error)
+        for raw in (b"NaN", b"Infinity", b"-Infinity", b"1.", b".5", b"01", b"0x10", b"1e"):
+            status, error, _ = await alice.call(
+                "POST", "/orders", b'{"symbol": "META", "side": "buy", "qty": %b}' % raw
+            )
+            assert (status, error["error"]["code"]) == (400, "bad_json"), raw
+        deep = b'{"symbol": "META", "side": "buy", "qty": 1, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+        assert (await alice.call("POST", "/orders", deep))[0] in (400, 413)
+        status, error, _ = await alice.call("POST", "/orders", b'{"symbol": "\\ud800", "side": "buy", "qty": 1}')
+        assert (status, error["error"]["code"]) == (400, "bad_field")
+        status, error, _ = await alice.call("POST", "/orders", b'{"symbol": "META", "side": "buy", "qty": 1}\xff')
+        assert (status, error["error"]["code"]) == (400, "bad_json")
+
+
+async def test_a_quantity_string_is_a_plain_ascii_decimal(settings: Settings) -> None:
+    async with priced_market(settings) as (hub, session):
+        alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "1000")))[0])
+        for qty in (
+            "\u0661",
+            "\u0661\u0662",
+            "1_000",
+            "  1",
+            "1 ",
+            "1\n",
+            "\t1",
+            "1e5",
+            "1E5",
+            "NaN",
+            "sNaN",
+            "+1",
+            "-1",
+            ".5",
+            "1.",
+            "0x1",
+            "\uff11",
+            "1,5",
+            "",
+            " ",
+            "0",
+            "0.000",
+            "1" * 41,
+        ):
+            status, error, _ = await alice.order("META", "buy", qty)
+            assert (status, error["error"]["code"]) == (400, "bad_field"), qty
+        assert (await alice.call("GET", "/orders"))[1] == {"orders": []}
+        status, body, _ = await alice.order("META", "buy", "0.500000000000000000")
+        assert status == 201 and Decimal(body["order"]["qty"]) == Decimal("0.5")
+
+
+async def test_an_order_is_readable_at_its_location_by_its_own_key_only(settings: Settings) -> None:
+    async with priced_market(settings) as (hub, session):
+        keys = await open_accounts(hub.hub, ("alice", "1000"), ("bob", "1000"))
+        alice, bob = (Client(session, hub.url, key) for key in keys)
+        status, placed, headers = await alice.order("META", "buy", "1.5")
+        assert status == 201
+        status, body, _ = await alice.call("GET", headers["Location"])
+        assert (status, body) == (200, placed)
+        status, body, _ = await bob.call("GET", headers["Location"])
+        assert (status, body["error"]["code"]) == (404, "unknown_order"), "another account's order is not there"
+        status, body, _ = await alice.call("GET", f"/orders/{placed['order']['id'] + 1000}")
+        assert (status, body["error"]["code"]) == (404, "unknown_order")
+        for bad in ("0", "-1", "abc", "1.0", "%D9%A1", "9" * 5000, str(2**63), "%00", "1%0A"):
+            status, body, _ = await alice.call("GET", f"/orders/{bad}")
+            assert (status, body["error"]["code"]) == (400, "bad_parameter"), bad
+        status, body, _ = await Client(session, hub.url, None).call("GET", headers["Location"])
+        assert (status, body["error"]["code"]) == (401, "unauthorized")

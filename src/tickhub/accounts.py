@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import ROUND_DOWN, Decimal, localcontext
 from typing import Any
 
 import asyncpg
@@ -50,6 +50,7 @@ INSERT INTO orders (account_id, symbol, side, qty, price, amount, realized, cash
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_ORDER_COLUMNS}
 """
 SQL_ORDER_BY_KEY = f"SELECT {_ORDER_COLUMNS} FROM orders WHERE account_id = $1 AND idempotency_key = $2"
+SQL_ORDER = f"SELECT {_ORDER_COLUMNS} FROM orders WHERE account_id = $1 AND id = $2"
 SQL_ORDERS = f"SELECT {_ORDER_COLUMNS} FROM orders WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
 
 
@@ -73,6 +74,22 @@ class OrderRejected(Exception):
 def decimal_text(value: Decimal) -> str:
     """A Decimal as plain positional text (never ``1E-8``)."""
     return format(value, "f")
+
+
+def removed_basis(basis: Decimal, qty: Decimal, held: Decimal) -> Decimal:
+    """The part of a position's cost ``basis`` that selling ``qty`` of ``held`` takes away.
+
+    Exact when the share has at most 18 places; otherwise rounded down to 18, so it never exceeds
+    the basis held (rounding to nearest could, leaving a negative basis).
+    """
+    if qty == held:
+        return basis
+    with localcontext() as ctx:
+        ctx.prec = 80  # exact for any basis x qty we accept
+        removed = basis * qty / held
+        if removed.as_tuple().exponent < -18:
+            removed = removed.quantize(_BASIS_PLACES, rounding=ROUND_DOWN)
+    return min(removed, basis)
 
 
 def new_key() -> tuple[str, bytes, str]:
@@ -213,9 +230,7 @@ class Accounts:
                             raise OrderRejected(
                                 "insufficient_position", f"selling {decimal_text(qty)}, holding {decimal_text(held)}"
                             )
-                        removed = basis if qty == held else basis * qty / held
-                        if removed.as_tuple().exponent < -18:  # a division that does not end: round it
-                            removed = removed.quantize(_BASIS_PLACES)
+                        removed = removed_basis(basis, qty, held)
                         cash, held, basis, gain = cash + amount, held - qty, basis - removed, amount - removed
                 await conn.execute(SQL_SAVE_POSITION, account_id, symbol, held, basis, realized + gain)
                 await conn.execute(SQL_SET_CASH, account_id, cash)
@@ -240,6 +255,12 @@ class Accounts:
         with unavailable_as_error():
             rows = await self.store.pool.fetch(SQL_ORDERS, account_id, before or (1 << 62), limit)
         return [_order(r) for r in rows]
+
+    async def order(self, account_id: int, order_id: int) -> Order | None:
+        """The account's order ``order_id``; None if there is none, or it is another account's."""
+        with unavailable_as_error():
+            row = await self.store.pool.fetchrow(SQL_ORDER, account_id, order_id)
+        return _order(row) if row is not None else None
 
     async def summary(self, account_id: int, prices: dict[str, Tick]) -> dict[str, Any]:
         """Cash, positions with average cost, realized and unrealized P&L at the latest prices."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Coroutine
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -19,23 +21,55 @@ class ClientGone(Exception):
     """The client disconnected before the work finished; the work was cancelled."""
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 past ``max_bytes``, 400 if it is not a JSON object."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body; 413 past ``max_bytes``, whether declared or streamed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
         raise ApiError(413, "too_large", f"request body above {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise ApiError(413, "too_large", f"request body above {max_bytes} bytes")
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    return bytes(body)
+
+
+def _json_object(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     return value
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 past ``max_bytes``, 400 if it is not a JSON object."""
+    try:
+        value = orjson.loads(await read_body(request, max_bytes))
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    return _json_object(value)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_exact(body: bytes) -> Any:
+    """JSON with every number as the Decimal of its text, so ``0.123456789012345678`` stays itself.
+
+    orjson reads numbers as floats (and refuses ``1e400``), so this uses the standard library, which
+    would otherwise accept ``NaN`` and ``Infinity``: refused here, as any JSON parser does.
+    """
+    return json.loads(body.decode(), parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants)
+
+
+async def read_exact_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """As ``read_json``, with exact Decimal numbers (for small bodies that carry amounts)."""
+    body = await read_body(request, max_bytes)
+    try:
+        value = loads_exact(body)
+    except (ValueError, RecursionError, ArithmeticError):  # bad JSON or UTF-8; nesting; an exponent out of range
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    return _json_object(value)
 
 
 async def _disconnected(request: Request) -> None:

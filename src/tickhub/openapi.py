@@ -57,6 +57,7 @@ POSITIVE_DECIMAL = {
     "description": "A positive decimal number, up to 18 decimal places.",
 }
 INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -378,7 +379,9 @@ def _path(summary: str, ok: dict[str, Any], *errors: int, tag: str, **extra: Any
 
 
 def build_openapi() -> dict[str, Any]:
-    limit = _query("limit", "How many; capped by TICKHUB_HISTORY_LIMIT.", {"type": "integer", "minimum": 1})
+    limit = _query(
+        "limit", "How many; capped by TICKHUB_HISTORY_LIMIT.", {"type": "integer", "minimum": 1, "maximum": 2**62}
+    )
     bearer = [{"bearer": []}]
     paths: dict[str, Any] = {
         "/stream": {
@@ -495,6 +498,19 @@ def build_openapi() -> dict[str, Any]:
                 ],
             ),
         },
+        "/orders/{order_id}": {
+            "get": _path(
+                "One of the key's own orders (another account's is 404)",
+                {"200": _json(_ref("OrderResult"), "The order.")},
+                400,
+                401,
+                404,
+                503,
+                tag="trading",
+                security=bearer,
+                parameters=[{"name": "order_id", "in": "path", "required": True, "schema": ID}],
+            )
+        },
         "/accounts/me": {
             "get": _path(
                 "The key's account: cash, positions, P&L",
@@ -546,10 +562,11 @@ def build_openapi() -> dict[str, Any]:
             "get": _path(
                 "One task",
                 {"200": _json(_ref("Task"), "The task.")},
+                400,
                 404,
                 503,
                 tag="work",
-                parameters=[{"name": "task_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                parameters=[{"name": "task_id", "in": "path", "required": True, "schema": ID}],
             )
         },
         "/ping": {"get": _path("Liveness", {"200": _json({"type": "object"}, "Alive.")}, tag="operations")},

@@ -12,7 +12,7 @@ from . import pages, trading, work
 from .errors import ApiError
 from .metrics import CONTENT_TYPE
 from .responses import JSONResponse, raw_json
-from .routes_common import hub_of, parse_limit, parse_time
+from .routes_common import EARLIEST, hub_of, parse_limit, parse_time
 from .stream import stream_endpoint
 from .wire import SYMBOL_RE, format_ts
 
@@ -111,12 +111,14 @@ async def candles(request: Request) -> Response:
     if interval is None:
         raise ApiError(400, "bad_parameter", f"interval must be one of {', '.join(CANDLE_INTERVALS)}")
     limit = parse_limit(query.get("limit"), DEFAULT_CANDLES, hub.settings.history_limit)
-    until = parse_time("until", query.get("until")) or datetime.now(UTC)
     since = parse_time("since", query.get("since"))
-    if since is None:  # the newest `limit` buckets, the current one included
-        since = until - interval * limit
-    if since >= until:
+    until = parse_time("until", query.get("until"))
+    if since is not None and until is not None and since >= until:
         raise ApiError(400, "bad_parameter", "since must be before until")
+    until = until or datetime.now(UTC)  # a since after now finds nothing, as with history
+    if since is None:  # the newest `limit` buckets, the current one included, none before year 1
+        fits = (until - EARLIEST) // interval >= limit  # else interval * limit would overflow past year 1
+        since = until - interval * limit if fits else EARLIEST
     rows = await hub.store.candles(symbol, interval, since, until, limit)
     return JSONResponse(
         {

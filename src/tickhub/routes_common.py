@@ -18,25 +18,41 @@ def hub_of(request: Request) -> Hub:
     return request.app.state.hub
 
 
-UNIX_SECONDS = re.compile(r"^[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$")
+UNIX_SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+LARGEST = 1 << 62  # the largest count or offset a parameter takes: inside int64, and int() of it is cheap
+INT64_MAX = (1 << 63) - 1  # the largest id (PostgreSQL bigint)
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def parse_time(name: str, raw: str | None) -> datetime | None:
-    """ISO-8601 (offset optional, UTC assumed) or Unix seconds; 400 naming the parameter otherwise."""
+    """ISO-8601 (offset optional, UTC assumed) or Unix seconds; 400 naming the parameter otherwise.
+
+    Any time returned is an aware UTC datetime, so within years 1-9999, which PostgreSQL also accepts.
+    """
     if raw is None:
         return None
     try:
-        if UNIX_SECONDS.match(raw):
+        if not raw.isascii() or len(raw) > 64:
+            raise ValueError(raw)
+        if UNIX_SECONDS.fullmatch(raw):
             return datetime.fromtimestamp(float(raw), UTC)
         value = datetime.fromisoformat(raw)
+        # astimezone overflows past year 1 or 9999 (0001-01-01T00:00+01:00 is still year 0 in UTC)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except (ValueError, OverflowError, OSError):
         raise ApiError(400, "bad_parameter", f"{name} must be ISO-8601 or Unix seconds, got {raw[:40]!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_int(name: str, raw: str, minimum: int, maximum: int = LARGEST) -> int:
+    """An integer written in ASCII digits, from ``minimum`` to ``maximum``; 400 naming it otherwise.
+
+    The length is checked before ``int()``, which raises on more than 4300 digits.
+    """
+    if raw.isascii() and raw.isdigit() and len(raw) <= 20 and minimum <= int(raw) <= maximum:
+        return int(raw)
+    raise ApiError(400, "bad_parameter", f"{name} must be an integer from {minimum} to {maximum}, got {raw[:40]!r}")
 
 
 def parse_limit(raw: str | None, default: int, cap: int) -> int:
-    if raw is None:
-        return min(default, cap)
-    if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
-        raise ApiError(400, "bad_parameter", f"limit must be a positive integer, got {raw[:40]!r}")
-    return min(int(raw), cap)
+    """A positive ``limit`` parameter, capped at ``cap`` (a larger one is not refused)."""
+    return min(default if raw is None else parse_int("limit", raw, 1), cap)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -12,13 +12,14 @@ from starlette.routing import Route
 
 from .accounts import OrderRejected
 from .errors import ApiError
-from .http import read_json
+from .http import read_exact_json
 from .responses import JSONResponse
-from .routes_common import hub_of, parse_limit
+from .routes_common import INT64_MAX, hub_of, parse_int, parse_limit
 from .wire import SYMBOL_RE
 
 MAX_QTY = Decimal(10) ** 12
 MAX_QTY_PLACES = 18
+QTY_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 async def authenticate(request: Request) -> int:
@@ -38,14 +39,16 @@ async def authenticate(request: Request) -> int:
 
 
 def parse_qty(value: Any) -> Decimal:
-    """A positive exact quantity from a JSON number or decimal string."""
-    if type(value) is float and not math.isfinite(value):
-        value = None
-    if type(value) in (int, float):
-        value = str(value)  # a float's repr is its shortest exact decimal: 0.1 stays 0.1
-    try:
-        qty = Decimal(value) if isinstance(value, str) and len(value) <= 40 else None
-    except InvalidOperation:
+    """A positive exact quantity: a JSON number read exactly (a Decimal) or a plain decimal string.
+
+    A string must be ASCII digits with an optional fraction: Decimal itself would also take Arabic-Indic
+    digits, ``"1_000"``, ``" 1"``, ``"1e5"`` or ``"NaN"``, which no client means as a quantity.
+    """
+    if isinstance(value, str):
+        qty = Decimal(value) if len(value) <= 40 and QTY_TEXT.fullmatch(value) else None
+    elif type(value) in (Decimal, int):  # not bool, not float: a float has already lost digits
+        qty = Decimal(value)
+    else:
         qty = None
     if qty is None or not qty.is_finite() or qty <= 0 or qty > MAX_QTY or qty.as_tuple().exponent < -MAX_QTY_PLACES:
         raise ApiError(400, "bad_field", f"qty must be a positive number up to {MAX_QTY_PLACES} decimal places")
@@ -80,7 +83,7 @@ async def place_order(request: Request) -> Response:
     account_id = await authenticate(request)
     hub = hub_of(request)
     key = idempotency_key(request)
-    symbol, side, qty = parse_order(await read_json(request, hub.settings.max_body))
+    symbol, side, qty = parse_order(await read_exact_json(request, hub.settings.max_body))
     tick = hub.market.latest.get(symbol)
     if tick is None:
         raise ApiError(422, "no_price", f"no price for {symbol} yet")
@@ -99,10 +102,19 @@ async def list_orders(request: Request) -> Response:
     hub = hub_of(request)
     limit = parse_limit(request.query_params.get("limit"), 100, hub.settings.history_limit)
     before = request.query_params.get("before")
-    if before is not None and not (before.isascii() and before.isdigit() and 0 < len(before) < 19 and int(before) > 0):
-        raise ApiError(400, "bad_parameter", "before must be an order id")
-    orders = await hub.accounts.orders(account_id, limit, int(before) if before else None)
+    before_id = parse_int("before", before, 1) if before is not None else None
+    orders = await hub.accounts.orders(account_id, limit, before_id)
     return JSONResponse({"orders": [o.as_dict() for o in orders]})
+
+
+async def get_order(request: Request) -> Response:
+    """One order of the key's own account; another account's is 404 as well, so ids cannot be probed."""
+    account_id = await authenticate(request)
+    order_id = parse_int("order id", request.path_params["order_id"], 1, INT64_MAX)
+    order = await hub_of(request).accounts.order(account_id, order_id)
+    if order is None:
+        raise ApiError(404, "unknown_order", f"no order {order_id}")
+    return JSONResponse({"order": order.as_dict()})
 
 
 async def my_account(request: Request) -> Response:
@@ -118,5 +130,6 @@ async def orders(request: Request) -> Response:
 
 ROUTES = [
     Route("/orders", orders, methods=["GET", "POST"]),
+    Route("/orders/{order_id}", get_order),
     Route("/accounts/me", my_account),
 ]
