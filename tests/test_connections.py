@@ -191,3 +191,20 @@ async def test_the_hub_process_raises_its_open_files_limit(settings: Settings) -
         assert psutil.Process(proc.pid).rlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         stop_process(proc)
+
+
+async def test_accepted_connections_send_small_writes_at_once(settings: Settings) -> None:
+    """TCP_NODELAY on every accepted connection: with Nagle's algorithm on (uvloop's default), a response
+    written as head then body waited for the client's delayed ACK, ~40 ms per request and per SSE flush."""
+    async with running_hub(settings) as hub:
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        try:
+            writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            await response(reader)
+            protocols = list(hub.server.server_state.connections)
+            assert protocols
+            for protocol in protocols:
+                sock = protocol.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            writer.close()

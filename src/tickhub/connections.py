@@ -58,6 +58,17 @@ def abort_with_reset(transport: Any) -> Callable[[], None] | None:
     return abort
 
 
+def set_nodelay(transport: Any) -> None:
+    """Send small writes at once. uvloop leaves Nagle's algorithm on for accepted connections; with the
+    client's delayed ACK, a response written in two parts (head, body) then waits ~40 ms for the second,
+    and so does every small SSE flush that follows one still unacknowledged."""
+    sock = transport.get_extra_info("socket")
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError, ValueError):  # not TCP (a Unix socket): nothing to do
+        pass
+
+
 def raise_open_files_limit() -> int | None:
     """Raise this process's soft limit on open files to its hard limit (each connection is a file);
     return the limit now in force, or None where there is none to read."""
@@ -105,6 +116,7 @@ class HeaderTimeout:
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
+        set_nodelay(transport)
         self._arm_head_timer()
         if self.warn_connections is not None and len(self.connections) >= self.warn_connections:
             self._warn_near_fd_limit()
