@@ -72,7 +72,9 @@ async def test_postgres_outage_streaming_goes_on_and_the_backlog_flushes_after(s
                 assert status == 503, "history needs the database: a clear 503"
                 proxy.unblock()
                 sent = hub.hub.market.last_id  # the backlog counts the batch in flight: wait for the ids instead
-                await wait_for(lambda: not writer.failing and writer.persisted_id >= sent, 20, "the backlog to flush")
+                await wait_for(
+                    lambda sent=sent: not writer.failing and writer.persisted_id >= sent, 20, "the backlog to flush"
+                )
             last = int(seen[-1]["id"])
             await wait_for(lambda: writer.persisted_id >= last, 10, "the writer")
             assert writer.dropped == 0
