@@ -199,7 +199,7 @@ class BotRunner:
     def _post_order(self, symbol: str, side: str, qty: Decimal, key: str) -> dict[str, Any]:
         response = self.api.post(
             f"{self.hub_url}/orders",
-            json={"symbol": symbol, "side": side, "qty": str(qty)},
+            json={"symbol": symbol, "side": side, "qty": format(qty, "f")},  # never "1E-7"
             headers={"Idempotency-Key": key},
             timeout=10,
         )
