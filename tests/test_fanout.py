@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from helpers import wait_for
 
-from tickhub.fanout import Fanout, Subscriber
+from tickhub.fanout import Fanout, Subscriber, resync_frame
 from tickhub.ring import TickRing
 from tickhub.wire import SSEParser
 
@@ -266,4 +267,96 @@ async def test_after_the_ring_loses_continuity_every_subscriber_resyncs_before_t
         assert kinds[:2] == [("tick", "1"), ("tick", "2")], "what came before the gap is delivered first"
         assert [k for k, _ in kinds[2:]] == ["resync", "snapshot", "tick"] and kinds[-1][1] == "9"
     assert fanout.resyncs == 2
+    await fanout.close()
+
+
+def assert_no_silent_gap(client: FakeClient, expected: list[int]) -> None:
+    """Tick ids rise one by one from the first, except straight after a resync and its snapshot."""
+    previous = None
+    events = client.events()
+    for i, (kind, _, event_id) in enumerate(events):
+        if kind == "resync":
+            assert events[i + 1][0] == "snapshot", "a resync is followed by a snapshot"
+            previous = None
+        elif kind == "tick":
+            tick_id = int(event_id or 0)
+            assert previous is None or tick_id == previous + 1, f"a silent gap after {previous}: {client.tick_ids()}"
+            previous = tick_id
+    assert previous == expected[-1]
+
+
+async def test_a_heartbeat_after_a_sliced_flush_never_moves_a_blocked_subscriber_past_unsent_ticks() -> None:
+    """A ping that blocks hands the subscriber to its catch-up task at the position it was written up
+    to; subscribers left behind by a sliced flush must not be moved to the head."""
+    fanout = Fanout(TickRing(64), snapshot)  # not started: the test drives flush and heartbeat itself
+    fanout.slice_mask = 0  # a budgeted flush stops after each subscriber
+    clients = [FakeClient() for _ in range(4)]
+    for c in clients:
+        fanout.attach(c.sub, 0)
+    fanout.publish(1, "A", frame(1))
+    assert fanout.flush(budget=0) is False, "the flush is cut after the first subscriber"
+    for i in (2, 3, 4):  # arrive while the sliced flush is unfinished
+        fanout.publish(i, "A", frame(i))
+    behind = next(c for c in clients if c.writes)  # written tick 1: its next write is the ping
+    behind.block()
+    fanout.heartbeat_once()
+    behind.unblock()
+    await wait_for(lambda: fanout.busy_count == 0, 5, "the blocked subscriber to catch up and rejoin")
+    fanout.publish(5, "A", frame(5))
+    fanout.flush()
+    for c in clients:
+        assert_no_silent_gap(c, [1, 2, 3, 4, 5])
+    assert fanout.count == 4
+    await fanout.close()
+
+
+def test_a_resync_echoes_at_most_64_characters_of_the_last_event_id() -> None:
+    event = next(iter(SSEParser().feed(resync_frame("unknown_id", "9" * 10_000))))
+    body = orjson.loads(event.data)
+    assert body == {"reason": "unknown_id", "last_event_id": "9" * 64}
+    short = next(iter(SSEParser().feed(resync_frame("unknown_id", "42"))))
+    assert orjson.loads(short.data)["last_event_id"] == "42"
+
+
+async def test_a_resync_of_everyone_during_a_sliced_flush_first_delivers_all_the_ring_held() -> None:
+    fanout = Fanout(TickRing(64), snapshot)  # not started: the test drives the flushes itself
+    fanout.slice_mask = 0
+    clients = [FakeClient() for _ in range(3)]
+    for c in clients:
+        fanout.attach(c.sub, 0)
+    fanout.publish(1, "A", frame(1))
+    assert fanout.flush(budget=0) is False
+    fanout.publish(2, "A", frame(2))  # after the cut: not in the flush in progress
+    fanout.resync_all("history_unavailable")
+    fanout.publish(9, "A", frame(9))
+    fanout.flush()
+    for c in clients:
+        assert [(e[0], e[2]) for e in c.events()] == [
+            ("tick", "1"),
+            ("tick", "2"),
+            ("resync", "2"),
+            ("snapshot", "2"),
+            ("tick", "9"),
+        ]
+    await fanout.close()
+
+
+async def test_a_subscriber_blocked_when_everyone_is_resynced_gets_its_resync_too() -> None:
+    """Its write in flight had reached the head; what follows the resync is not continuous with it."""
+    fanout = Fanout(TickRing(64), snapshot, max_overflows=1)  # one overflow would disconnect it
+    blocked = FakeClient()
+    fanout.attach(blocked.sub, 0)
+    blocked.block()
+    fanout.publish(1, "A", frame(1))
+    fanout.flush()  # the write of tick 1 blocks: the subscriber is handed to its own task
+    assert fanout.busy_count == 1
+    fanout.resync_all("history_unavailable")
+    fanout.publish(9, "A", frame(9))  # still blocked: conflated into the snapshot, as for any slow subscriber
+    blocked.unblock()
+    await wait_for(lambda: fanout.busy_count == 0, 5, "the blocked subscriber to catch up and rejoin")
+    fanout.publish(10, "A", frame(10))
+    fanout.flush()
+    assert [e[0] for e in blocked.events()] == ["tick", "resync", "snapshot", "tick"]
+    assert blocked.tick_ids() == [1, 10]
+    assert not blocked.sub.closed.done(), "a resync of everyone is no overflow of its own"
     await fanout.close()

@@ -9,6 +9,11 @@ write and catches up from the ring, so one stalled client never delays the other
 more than ``backlog_limit`` bytes behind it is resynced from a snapshot, and after
 ``max_overflows`` resyncs, or a write blocked for ``write_timeout`` seconds, it is disconnected.
 Knows nothing of HTTP: a subscriber is a pair of callables returning awaitables.
+
+A subscriber's position only moves to where everything before it has been written to it (or
+handed to its write in flight), or to the head through an explicit ``resync`` and a snapshot; every
+path that moves one (flush, catch-up, heartbeat, resync) keeps to that, so no tick is ever skipped
+in silence. tests/test_fanout_stateful.py checks it under random interleavings.
 """
 
 from __future__ import annotations
@@ -17,72 +22,24 @@ import asyncio
 import contextlib
 import logging
 import time
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import orjson
 
 from .ring import TickRing
+from .subscriber import Subscriber, SymbolFilter, abort, start_write
 from .wire import comment_frame, event_frame
+
+__all__ = ["FLUSH_SLICE", "Fanout", "Subscriber", "SymbolFilter", "resync_frame"]
 
 log = logging.getLogger("tickhub.fanout")
 
+#: The longest ``Last-Event-ID`` a resync echoes back, in characters (ids the hub issues are shorter).
+MAX_ECHOED_ID = 64
+
 #: Longest the flusher writes before it lets the event loop run other work, in seconds.
 FLUSH_SLICE = 0.002
-
-Write = Callable[[bytes], Coroutine[Any, Any, None]]
-Finish = Callable[[], Coroutine[Any, Any, None]]
-SymbolFilter = frozenset[str] | None
-
-
-class Subscriber:
-    """One open stream: how to write to it, end it, or drop its connection, and where it stands."""
-
-    __slots__ = ("abort", "busy", "closed", "cursor", "detached", "finish", "overflows", "symbols", "write")
-
-    def __init__(
-        self, write: Write, finish: Finish, symbols: SymbolFilter, abort: Callable[[], None] | None = None
-    ) -> None:
-        self.write = write
-        self.finish = finish
-        #: Drops the connection at once: for a client that stopped reading, whose stream cannot be ended
-        #: cleanly (the end is one more write) and whose socket would otherwise stay open.
-        self.abort = abort
-        self.symbols = symbols
-        self.cursor = 0
-        self.busy = False
-        self.detached = False
-        self.overflows = 0
-        #: Resolved with the reason when the hub ends this subscription.
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    """Finish a coroutine that was started by hand and suspended, yielding ``yielded``."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:  # cancellation and timeouts reach the write it belongs to
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration:
-                return
-
-
-def start_write(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
-    """Run ``coro`` until it first suspends: None if it finished, else an awaitable for the rest."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
-    return _resume(coro, yielded)
 
 
 class _Batch(NamedTuple):
@@ -96,6 +53,9 @@ class _Batch(NamedTuple):
 
 class Fanout:
     """Owns the subscribers, the flusher task, the heartbeat task and the slow-subscriber tasks."""
+
+    #: A budgeted flush looks at the clock once every ``slice_mask + 1`` subscribers (a power of two).
+    slice_mask = 63
 
     def __init__(
         self,
@@ -184,8 +144,7 @@ class Fanout:
         if pending is None and sub.cursor >= self.ring.start:
             self._add_idle(sub, sub.cursor)  # the flusher brings it to the head with its group
             return
-        sub.busy = True
-        self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending), name="tickhub-catch-up")
+        self._block(sub, sub.cursor, pending)
 
     async def _catch_up(self, sub: Subscriber, pending: Awaitable[None] | None) -> None:
         ring = self.ring
@@ -197,7 +156,12 @@ class Fanout:
                 if self.closing:
                     return
                 cursor = sub.cursor
-                if cursor < ring.start or ring.backlog_bytes(cursor) > self.backlog_limit:
+                if sub.resync is not None:  # the stream lost continuity while this write was blocked
+                    reason, sub.resync = sub.resync, None
+                    self.resyncs += 1
+                    sub.cursor = ring.head
+                    data = resync_frame(reason) + self.snapshot(sub.symbols)
+                elif cursor < ring.start or ring.backlog_bytes(cursor) > self.backlog_limit:
                     sub.overflows += 1
                     self.resyncs += 1
                     if sub.overflows >= self.max_overflows:
@@ -221,7 +185,7 @@ class Fanout:
             self.slow_disconnects += 1
             log.info("disconnecting a subscriber whose write blocked for %.1fs", self.write_timeout)
             self._busy.pop(sub, None)
-            _abort(sub)
+            abort(sub)
             self._close(sub, "write_timeout")
             return
         except asyncio.CancelledError:
@@ -242,7 +206,7 @@ class Fanout:
                 async with asyncio.timeout(1.0):
                     await pending
         except Exception:  # the end did not get through (a full socket): drop the connection instead
-            _abort(sub)
+            abort(sub)
         self._close(sub, reason)
 
     def _close(self, sub: Subscriber, reason: str) -> None:
@@ -253,9 +217,10 @@ class Fanout:
     def resync_all(self, reason: str) -> None:
         """Deliver what the ring holds, then empty it and start every subscriber again from a resync
         and a fresh snapshot: what comes next does not follow on from what they were sent."""
-        while not self.flush():
-            pass
+        self.flush()
         self.ring.clear()
+        for sub in self._busy:  # blocked: resynced by its own task once the write in flight is done
+            sub.resync = reason
         groups, self._idle = self._idle, {}
         for by_filter in groups.values():
             for subs in by_filter.values():
@@ -300,11 +265,19 @@ class Fanout:
 
         With a ``budget`` (seconds) it stops after about that long and returns False: the caller
         yields to the event loop and calls again, so a flush to thousands of subscribers never
-        holds up a REST request for long. Returns True once every subscriber is written.
+        holds up a REST request for long. Returns True once every subscriber is written. Without a
+        budget, a flush left cut into slices is finished and what was appended since goes out too.
         """
+        deadline = time.perf_counter() + budget if budget is not None else None
         if not self._work:
             self._take_batch()
-        deadline = time.perf_counter() + budget if budget is not None else None
+        elif deadline is None:
+            self._write_work(None)
+            self._take_batch()
+        return self._write_work(deadline)
+
+    def _write_work(self, deadline: float | None) -> bool:
+        mask = self.slice_mask
         work = self._work
         while work:
             batch = work[-1]
@@ -321,13 +294,17 @@ class Fanout:
                 if pending is None:
                     target.add(sub)
                 else:
-                    sub.cursor = head
-                    sub.busy = True
-                    self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
-                if deadline is not None and not len(subs) & 63 and time.perf_counter() > deadline:
+                    self._block(sub, head, pending)
+                if deadline is not None and not len(subs) & mask and time.perf_counter() > deadline:
                     return False
             work.pop()
         return True
+
+    def _block(self, sub: Subscriber, cursor: int, pending: Awaitable[None] | None) -> None:
+        """Hand ``sub`` to a task of its own that finishes ``pending`` (a write up to ``cursor``) and catches up."""
+        sub.cursor = cursor
+        sub.busy = True
+        self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending), name="tickhub-catch-up")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -338,23 +315,26 @@ class Fanout:
                 await asyncio.sleep(0)
 
     async def _heartbeat_loop(self) -> None:
-        ping = comment_frame("ping")
         while True:
             await asyncio.sleep(self.heartbeat)
-            self.flush()  # every idle subscriber is now at the head
-            for by_filter in list(self._idle.values()):
-                for subs in list(by_filter.values()):
-                    for sub in list(subs):
-                        try:
-                            pending = start_write(sub.write(ping))
-                        except Exception as exc:
-                            self._close(sub, f"write failed: {exc}")
-                            continue
-                        if pending is not None:
-                            subs.discard(sub)
-                            sub.cursor = self.ring.head
-                            sub.busy = True
-                            self._busy[sub] = asyncio.create_task(self._catch_up(sub, pending))
+            self.heartbeat_once()
+
+    def heartbeat_once(self) -> None:
+        """Send a comment to every idle subscriber so proxies and clients see the link is alive."""
+        ping = comment_frame("ping")
+        self.flush()
+        for cursor, by_filter in list(self._idle.items()):
+            for subs in list(by_filter.values()):
+                for sub in list(subs):
+                    try:
+                        pending = start_write(sub.write(ping))
+                    except Exception as exc:
+                        self._close(sub, f"write failed: {exc}")
+                        continue
+                    if pending is not None:
+                        subs.discard(sub)
+                        # Its group's position, not the head: a tick may have come after the flush.
+                        self._block(sub, cursor, pending)
 
     # -- owner ------------------------------------------------------------------------------
 
@@ -388,12 +368,8 @@ class Fanout:
         self._idle.clear()
 
 
-def _abort(sub: Subscriber) -> None:
-    if sub.abort is not None:
-        with contextlib.suppress(Exception):
-            sub.abort()
-
-
 def resync_frame(reason: str, last_event_id: str | None = None) -> bytes:
     """Tells a subscriber that what follows starts from a fresh snapshot, not from where it was."""
+    if last_event_id is not None:
+        last_event_id = last_event_id[:MAX_ECHOED_ID]  # a client's header is not echoed back whole
     return event_frame("resync", orjson.dumps({"reason": reason, "last_event_id": last_event_id}))
