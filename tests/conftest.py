@@ -51,12 +51,13 @@ async def schema(database_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str, schema: str) -> Settings:
+def settings(database_url: str, schema: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Hub settings for tests: this test's schema, port 0, short timers so nothing waits long.
     Composite prices are off (most tests count the ticks their sources send); tests/test_composite*
     turn them on."""
     return Settings(
         instruments="none",
+        data_dir=str(tmp_path_factory.mktemp("data")),  # the write-ahead log: this test's own
         database_url=database_url,
         database_schema=schema,
         port=0,

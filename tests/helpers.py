@@ -367,6 +367,7 @@ def spawn_hub(settings: Settings, port: int, sources: str, **extra: str) -> subp
         **os.environ,
         "TICKHUB_DATABASE_URL": settings.database_url or "",
         "TICKHUB_DATABASE_SCHEMA": settings.database_schema,
+        "TICKHUB_DATA_DIR": settings.data_dir,
         "TICKHUB_PORT": str(port),
         "TICKHUB_SOURCES": sources,
         "TICKHUB_RECONNECT_MIN": "0.05",

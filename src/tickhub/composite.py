@@ -19,9 +19,10 @@ Every tick of a venue recomputes its instrument, in three steps (:func:`evaluate
 No fresh venue, or every fresh venue excluded: nothing is published, and /health says why.
 Nor is a composite whose price and contributing venues are those of the last one published.
 A composite is published as a tick of the pseudo-source ``composite`` whose symbol is the
-instrument's name, with the contributing venues in an extra ``venues`` field. Its seq is the
-current time in microseconds, kept above the last one issued (and, via the hub, the last one
-persisted), so it grows across restarts; unlike a source's seq it is not contiguous.
+instrument's name, with the contributing venues in an extra ``venues`` field. Its seq follows the
+source contract: when a hub starts ingesting it starts above the last one issued (the newest in the
+log or PostgreSQL, or the time in microseconds if later), then grows by exactly 1 per composite, so a
+consumer sees a gap in ``composite`` as in any source.
 Work per tick is O(venues of the instrument); a tick of an unmapped symbol never gets here.
 """
 
@@ -212,7 +213,7 @@ class CompositeBook:
         if result.price == book.last_price and used == book.last_used:
             book.skipped["unchanged"] += 1  # same price from the same venues: nothing new to say
             return
-        seq = self.last_seq = max(now_us, self.last_seq + 1)
+        seq = self.last_seq = self.last_seq + 1  # the ingesting hub set the start above every earlier one
         at = EPOCH + timedelta(microseconds=now_us)
         book.published += 1
         book.last_price, book.last_used = result.price, used

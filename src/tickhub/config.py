@@ -98,6 +98,12 @@ def _lock_mode(raw: str) -> str:
     return raw
 
 
+def _fsync_mode(raw: str) -> str:
+    if raw not in {"off", "batch"}:
+        raise ValueError(f"must be off or batch, got {raw!r}")
+    return raw
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for origin in origins:
@@ -169,7 +175,23 @@ SETTINGS: tuple[Setting, ...] = (
         "PostgreSQL DSN; empty starts an embedded PostgreSQL under TICKHUB_DATA_DIR.",
     ),
     Setting("database_schema", _schema, "public", "Schema that holds tickhub's tables (created if missing)."),
-    Setting("data_dir", str, ".tickhub", "Directory for the embedded database and other local state."),
+    Setting(
+        "data_dir", str, ".tickhub", "Directory for the embedded database, the write-ahead log and other local state."
+    ),
+    Setting(
+        "wal",
+        _bool,
+        True,
+        "With memory://, write every sequenced tick to a write-ahead log under TICKHUB_DATA_DIR before it is streamed,"
+        " so a crash costs subscribers nothing.",
+    ),
+    Setting(
+        "wal_fsync",
+        _fsync_mode,
+        "off",
+        "off: the write-ahead log survives a process crash (the page cache); batch: also power loss"
+        " (fdatasync per batch).",
+    ),
     Setting("sources", parse_sources, (), "Price sources to ingest, comma-separated name=url of their SSE streams."),
     Setting("log_level", _log_level, "info", "debug, info, warning or error."),
     Setting("heartbeat", _positive(float), 15.0, "Seconds between SSE comment heartbeats to subscribers."),
@@ -345,6 +367,8 @@ class Settings:
     database_url: str | None = None
     database_schema: str = "public"
     data_dir: str = ".tickhub"
+    wal: bool = True
+    wal_fsync: str = "off"
     sources: tuple[tuple[str, str], ...] = ()
     log_level: str = "info"
     heartbeat: float = 15.0

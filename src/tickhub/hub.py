@@ -23,6 +23,7 @@ import secrets
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from .accounts import Accounts
@@ -86,8 +87,20 @@ class Hub:
         try:
             latest = await self.store.latest()
             self.market.load(latest)
-            self.broker = open_broker(s.broker_url, s.database_schema, s.stream_retention, s.broker_claim_after)
+            self.broker = open_broker(
+                s.broker_url,
+                s.database_schema,
+                s.stream_retention,
+                s.broker_claim_after,
+                wal_dir=Path(s.data_dir, "wal") if s.wal else None,
+                wal_fsync=s.wal_fsync == "batch",
+            )
             await self.broker.connect()
+            # What a crashed predecessor streamed and PostgreSQL lacks comes back with its ids: the
+            # subscription below hands it to the ring and the writer like any new tick.
+            restored = await self.broker.restore(self.market.last_id or 0)
+            if restored:
+                log.warning("restored %d ticks from the write-ahead log that PostgreSQL did not have", restored)
         except BaseException:
             await self.store.close()
             raise
@@ -162,7 +175,10 @@ class Hub:
         run = await self.store.new_run()
         self.run = run
         self.sequencer = Sequencer(run, seqs, self.outbox.add)
-        self.composite.last_seq = max(self.composite.last_seq, seqs.get(COMPOSITE_SOURCE, 0))
+        # Composites follow the source contract: the first run starts at the time in microseconds, later
+        # ones right after the last composite in the log or PostgreSQL (none issued after it reached a
+        # subscriber); then +1 each, so a consumer sees a gap in composite as in any source.
+        self.composite.last_seq = seqs.get(COMPOSITE_SOURCE) or time.time_ns() // 1000
         # One process: the writer's queue is fed inside append, so its high water also gates ingest.
         rooms = (self.outbox.room, self.writer.room) if self.broker.local else (self.outbox.room,)
         self.ingest = Ingest(
