@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -175,4 +176,25 @@ async def composite_on_off(args, sources: int, ticks: int, rounds: int) -> list[
             async with fresh_schema(args.database_url, "bench_composite") as schema:
                 env = {"TICKHUB_INSTRUMENTS": instruments, "TICKHUB_COMPOSITE_MAX_DEVIATION": "100"}
                 runs.append(await run_ingest(args.database_url, schema, sources, ticks, "BTCUSD", label, **env))
+    return runs
+
+
+WAL_MODES = (
+    ("log off", {"TICKHUB_WAL": "off"}),
+    ("log on", {}),
+    ("log on, fsync batch", {"TICKHUB_WAL_FSYNC": "batch"}),
+)
+
+
+async def wal_on_off(args, sources: int, ticks: int, rounds: int) -> list[IngestRun]:
+    """The same ingest with the write-ahead log off, on, and on with an fdatasync per batch, in turns."""
+    progress(f"wal: {sources} mock sources x {ticks:,} ticks, the write-ahead log off and on, {rounds} rounds")
+    runs = []
+    for _ in range(rounds):
+        for label, mode in WAL_MODES:
+            with tempfile.TemporaryDirectory(prefix="tickhub-bench-wal-") as data_dir:
+                async with fresh_schema(args.database_url, "bench_wal") as schema:
+                    env = {**mode, "TICKHUB_DATA_DIR": data_dir}
+                    symbols = "BTCUSD,TCSG,META"
+                    runs.append(await run_ingest(args.database_url, schema, sources, ticks, symbols, label, **env))
     return runs

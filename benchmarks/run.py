@@ -22,9 +22,9 @@ from . import report
 from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
 from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers
 from .idle import idle_subscribers
-from .ingest import composite_on_off, ingest_vs_copy
+from .ingest import composite_on_off, ingest_vs_copy, wal_on_off
 
-SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "replicas")
+SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "wal", "replicas")
 
 
 def plan(quick: bool) -> dict:
@@ -39,6 +39,7 @@ def plan(quick: bool) -> dict:
             "idle": 2000,
             "ingest": (2, 100_000),
             "composite": (2, 50_000, 1),
+            "wal": (2, 100_000, 1),
             "replicas": (1500, [150e3, 300e3, 600e3]),
         }
     steps = [50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6, 5.6e6]
@@ -55,6 +56,7 @@ def plan(quick: bool) -> dict:
         "idle": 10_000,
         "ingest": (2, 300_000),
         "composite": (2, 100_000, 2),
+        "wal": (2, 300_000, 2),
         "replicas": (1500, [150e3, 300e3, 600e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6]),
     }
 
@@ -81,6 +83,8 @@ async def main(args: argparse.Namespace) -> None:
         results["ingest"] = await ingest_vs_copy(args, *p["ingest"])
     if "composite" in only:
         results["composite"] = await composite_on_off(args, *p["composite"])
+    if "wal" in only:
+        results["wal"] = await wal_on_off(args, *p["wal"])
     if "replicas" in only:
         n, targets = p["replicas"]
         results["replicas"] = [await replicas_ramp(args, replicas, n, targets) for replicas in (1, 3)]
