@@ -117,7 +117,8 @@ async def test_bot_handles_each_tick_once_when_the_hub_is_killed(settings: Setti
         proc = spawn()
         try:
             await wait_for(lambda: port_open(port), 30, "the hub")
-            async with running_hub(settings, port=0) as admin:  # same database: make the account
+            # Same database, to make the account; no write-ahead log: the hub process holds this one.
+            async with running_hub(settings.replace(wal=False), port=0) as admin:
                 key = await admin.hub.accounts.create("investor", Decimal(10000))
             runner, done = await start_bot(f"http://127.0.0.1:{port}", key, ("BTCUSD",))
             await wait_for(lambda: len(runner.handled) >= 200, 20, "ticks before the kill")

@@ -107,7 +107,7 @@ def test_segments_rotate_and_go_once_postgresql_has_them(tmp_path: Path) -> None
     assert len(wal.segments) > 3
     wal.release(BASE + 20)
     assert all(s.last_id > BASE + 20 for s in wal.segments)
-    assert min(t.id for t in WriteAheadLog(tmp_path).open()) <= BASE + 21
+    assert sorted(tmp_path.glob("*.wal")) == [s.path for s in wal.segments], "and their files with them"
     wal.release(BASE + 40)
     assert len(wal.segments) == 1, "the segment being written stays until it is full"
     wal.close(written_id=BASE + 40)
@@ -133,7 +133,8 @@ async def test_the_memory_broker_restores_what_postgresql_lacks_after_a_crash(tm
     for batch in batches([tick(n) for n in range(1, 21)], 5):
         await broker.append("a", batch)
     assert delivered == [BASE + n for n in range(1, 21)]
-    _LOGS.pop((url, namespace))  # the process dies: nothing closed, nothing flushed
+    crashed = _LOGS.pop((url, namespace))  # the process dies: nothing flushed, its files closed by the kernel
+    crashed.wal.close()
     written: list[list[int]] = []
     again = MemoryBroker(url, namespace, wal_dir=tmp_path)
     await again.connect()
@@ -162,3 +163,19 @@ async def test_nothing_to_restore_leaves_the_log_empty(tmp_path: Path, persisted
     assert await broker.restore(persisted) == (20 if persisted == 0 else 0)
     await broker.close()
     _LOGS.pop(("memory://", "n"), None)
+
+
+def test_a_second_process_cannot_open_the_same_log(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    code = (
+        "from tickhub.wal import WriteAheadLog, WalInUse\n"
+        "try:\n    WriteAheadLog(%r).open()\nexcept WalInUse:\n    raise SystemExit(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code % str(tmp_path)], check=False)
+    assert result.returncode == 3
+    wal.close()
+    assert subprocess.run([sys.executable, "-c", code % str(tmp_path)], check=False).returncode == 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .broker import Broker, BrokerUnavailable, LeaseLost, OnGap, OnTicks
-from .wal import WriteAheadLog
+from .wal import WalInUse, WriteAheadLog
 from .wire import Tick
 
 log = logging.getLogger("tickhub.broker")
@@ -77,6 +77,8 @@ class MemoryBroker(Broker):
         if wal is not None and not wal.opened:
             try:
                 self._log.recovered = await asyncio.to_thread(wal.open)
+            except WalInUse as exc:
+                raise RuntimeError(f"{exc}: one hub per data directory and schema (TICKHUB_DATA_DIR)") from None
             except OSError as exc:
                 raise BrokerUnavailable(f"cannot open the write-ahead log in {wal.directory}: {exc}") from exc
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -41,6 +42,10 @@ log = logging.getLogger("tickhub.wal")
 HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 SEGMENT_BYTES = 16 << 20
 SUFFIX = ".wal"
+
+
+class WalInUse(OSError):
+    """Another process holds this write-ahead log."""
 
 
 class CorruptRecord(ValueError):
@@ -90,6 +95,7 @@ class WriteAheadLog:
         self.segment_bytes = segment_bytes
         self.segments: list[Segment] = []
         self._fd: int | None = None  # the segment being appended to: the last of ``segments``
+        self._lock: int | None = None  # an flock on directory/LOCK while this process has the log open
         self.opened = False
         #: Figures for /health.
         self.appended = 0
@@ -100,8 +106,16 @@ class WriteAheadLog:
 
     def open(self) -> list[Tick]:
         """Read every segment in id order and return its ticks; a torn or corrupt record ends its
-        segment (the file is cut there). Appends go to a new segment."""
+        segment (the file is cut there). Appends go to a new segment. Raises :class:`WalInUse` if
+        another process has this log open (two hubs on one data directory and schema)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            self._lock = None
+            raise WalInUse(f"{self.directory} is in use by another hub process") from None
         ticks: list[Tick] = []
         for path in sorted(self.directory.glob("*" + SUFFIX)):
             found = self._read_segment(path)
@@ -189,6 +203,10 @@ class WriteAheadLog:
         self._close_fd()
         if written_id is not None:
             self.release(written_id)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+        self.opened = False
 
     def health(self) -> dict[str, object]:
         return {
