@@ -82,6 +82,20 @@ HOSTILE_TIMESTAMPS = st.one_of(
 )
 GOOD_SEQS = st.integers(min_value=1, max_value=(1 << 63) - 1)
 HOSTILE_SEQS = st.one_of(st.integers(min_value=-5, max_value=(1 << 64)), st.booleans(), st.floats(), HOSTILE_TEXT)
+GOOD_TRADE_IDS = st.one_of(
+    st.integers(min_value=0, max_value=(1 << 63)).map(str),  # what exchanges send: digits
+    st.from_regex(r"[0-9A-Za-z_-]{1,64}", fullmatch=True),
+)
+HOSTILE_TRADE_IDS = st.one_of(
+    st.from_regex(r"[0-9A-Za-z_-]{1,64}", fullmatch=False),  # anything around a valid core
+    st.text(alphabet="0123456789abc_-", min_size=65, max_size=70),
+    HOSTILE_TEXT,
+    st.text(max_size=70),
+    st.integers(),  # a JSON number, not a string
+    st.none(),
+    st.floats(),
+    st.lists(st.integers(), max_size=2),
+)
 FIELDS = {
     "symbol": (GOOD_SYMBOLS, HOSTILE_SYMBOLS),
     "price": (GOOD_PRICES, HOSTILE_PRICES),
@@ -104,6 +118,9 @@ def source_event_objects(
             obj[name] = draw(good)
         elif kind < 19:
             obj[name] = draw(hostile)
+    kind = draw(st.integers(0, 9))  # optional: absent, good or hostile
+    if kind >= 4:
+        obj["trade_id"] = draw(GOOD_TRADE_IDS if kind < 8 else HOSTILE_TRADE_IDS)
     if draw(st.booleans()):
         obj["source"] = draw(st.one_of(st.just("mock"), st.text(max_size=10)))
     return obj, draw(st.booleans())

@@ -73,9 +73,10 @@ class Renderer:
     def __call__(self, item: tuple) -> bytes:
         kind = item[0]
         if kind == "tick":
-            _, symbol, price, ts, seq, event_id = item
+            _, symbol, price, ts, seq, event_id, trade_id = item
             seq = self.seq(seq)
-            return frame(source_tick_json("x", symbol, price, ts, seq), str(self.seq(event_id)).encode())
+            data = source_tick_json("x", symbol, price, ts, seq, trade_id)
+            return frame(data, str(self.seq(event_id)).encode())
         if kind == "object":
             _, obj, ascii_only, event_id = item
             obj = {k: self.seq(v) if k == "seq" else v for k, v in obj.items()}
@@ -113,6 +114,7 @@ def items(draw: st.DrawFn) -> tuple:
             draw(st.sampled_from(["2026-11-23T19:00:00.000000Z"] * 5 + ["2026-11-23\n19:00:00.000000Z"])),
             draw(RELATIVE_SEQS),
             draw(RELATIVE_SEQS),
+            draw(st.sampled_from([None, None, "3512345678", "a-B_9", "1 2", "x" * 65])),  # an exchange's trade id
         )
     if kind <= 6:  # any JSON object, fields good, hostile or missing; the seq may come from the id line
         obj, ascii_only = draw(source_event_objects(RELATIVE_SEQS, STALE_OR_BAD))
@@ -228,7 +230,10 @@ class FuzzRig:
             self.settings.database_url, server_settings={"search_path": self.settings.database_schema}
         )
         try:
-            query = "SELECT id, seq, symbol, price::text FROM ticks WHERE source = 'fuzz' AND seq > $1 AND seq < $2"
+            query = (
+                "SELECT id, seq, symbol, price::text, extra ->> 'trade_id' FROM ticks"
+                " WHERE source = 'fuzz' AND seq > $1 AND seq < $2"
+            )
             return [tuple(r) for r in await conn.fetch(query + " ORDER BY id", low, high)]
         finally:
             await conn.close()
@@ -278,11 +283,13 @@ def test_a_hostile_source_never_breaks_the_stream_or_persistence(rig: FuzzRig, p
     rig.run(wait_for(lambda: hub.writer.persisted_id >= last_id, 20, "the writer"))
     rig.run(wait_for(lambda: rig.stream_ids and rig.stream_ids[-1] >= last_id, 20, "the subscriber"))
 
-    want = [(t.seq, t.symbol, t.price) for t in expected]
+    want = [(t.seq, t.symbol, t.price, (t.extra or {}).get("trade_id")) for t in expected]
     stored = rig.run(rig.rows(base, base + WINDOW))
-    assert [(seq, symbol, price) for _, seq, symbol, price in stored] == want, "stored once each, in order"
+    assert [tuple(row[1:]) for row in stored] == want, "stored once each, in order"
     streamed = rig.streamed[before:]
-    assert [(t["seq"], t["symbol"], t["price"]) for t in streamed] == want, "streamed once each, in order"
+    assert [(t["seq"], t["symbol"], t["price"], t.get("trade_id")) for t in streamed] == want, (
+        "streamed once each, in order"
+    )
     assert [int(t["id"]) for t in streamed] == [i for i, *_ in stored], "the ids streamed are the ids stored"
     ids = rig.stream_ids
     assert all(b == a + 1 for a, b in itertools.pairwise(ids)), "consecutive hub ids"

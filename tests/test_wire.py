@@ -134,6 +134,37 @@ def test_malformed_source_ticks_are_rejected_with_a_reason(data: bytes, reason: 
     assert info.value.reason == reason
 
 
+def test_an_exchange_trade_id_is_carried_as_an_extra_field() -> None:
+    tick = parse_source_tick(good(trade_id="3512345678"))
+    assert tick.extra == {"trade_id": "3512345678"}
+    assert parse_source_tick(good()).extra is None
+    data = source_tick_json("binance", "BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", 9, "77")
+    assert data.endswith(b',"seq":9,"trade_id":"77"}')
+    assert parse_source_tick(data).extra == {"trade_id": "77"}
+    sequenced = Tick(5, "binance", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra)
+    assert sequenced.json.endswith(b',"seq":42,"trade_id":"3512345678"}')
+
+
+@pytest.mark.parametrize(
+    "trade_id",
+    ["", " 1", "1\n", "a b", "1/2", "x" * 65, "\u0661\u0662", "\uff11", "1\x00", 3512345678, None, 1.5, ["1"]],
+)
+def test_a_bad_trade_id_is_rejected_whole(trade_id: object) -> None:
+    data = orjson.dumps(
+        {"symbol": "BTCUSD", "price": "1.5", "ts": "2026-11-23T10:00:00Z", "seq": 1, "trade_id": trade_id}
+    )
+    with pytest.raises(TickRejected) as info:
+        parse_source_tick(data)
+    assert info.value.reason == "bad_trade_id"
+    (item,) = feed_all(SSEParser(ticks=True), tick_frame(1, data))
+    assert type(item) is not SourceTick, "the fast path refuses it too"
+
+
+def test_trade_ids_of_every_allowed_shape_pass() -> None:
+    for trade_id in ("0", "3512345678", "a-B_9", "x" * 64, "c8a5b1f0-7d2e-4e6b-9a51-2d0f6f3a9c11"):
+        assert parse_source_tick(good(trade_id=trade_id)).extra == {"trade_id": trade_id}
+
+
 def test_tick_json_and_frame_round_trip_through_the_parser() -> None:
     time = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     tick = Tick(1000000000001, "mock", "BTCUSD", "43000.00", time, 5)
@@ -224,11 +255,13 @@ def tick_variants(rng: random.Random) -> tuple[bytes, bool]:
         ]
     )
     symbol = rng.choice(["BTCUSD", "BINANCE:BTCUSDT", "btcusd", "X" * 40, "X" * 41, "-X"])
+    trade_id = rng.choice([None, None, "3512345678", "a-B_9", "x" * 64, "x" * 65, "", "1 2", "1\n"])
     canonical = rng.random() < 0.8
     if canonical:
-        data = source_tick_json(rng.choice(["mock", "a-b_c", ""]), symbol, price, ts, seq)
+        data = source_tick_json(rng.choice(["mock", "a-b_c", ""]), symbol, price, ts, seq, trade_id)
     else:  # the same values, keys in another order: only the general path reads these
-        data = orjson.dumps({"seq": seq, "ts": ts, "price": price, "symbol": symbol, "source": "mock"})
+        obj = {"seq": seq, "ts": ts, "price": price, "symbol": symbol, "source": "mock"}
+        data = orjson.dumps(obj if trade_id is None else {"trade_id": trade_id, **obj})
     return tick_frame(seq if seq > 0 else 1, data), canonical and len(ts) == 27 and ts.endswith("Z")
 
 

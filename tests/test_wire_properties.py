@@ -35,7 +35,7 @@ from tickhub.wire import (
 
 SOAK = os.environ.get("TICKHUB_SOAK") == "1"
 EXAMPLES = 3000 if SOAK else 300
-REASONS = {"bad_json", "missing_field", "bad_seq", "bad_symbol", "bad_price", "bad_ts"}
+REASONS = {"bad_json", "missing_field", "bad_seq", "bad_symbol", "bad_price", "bad_ts", "bad_trade_id"}
 #: What no tick's JSON may hold: a control character or a line separator (a frame is one line).
 FRAME_UNSAFE = re.compile(r"[\x00-\x1f\u2028\u2029\x7f]")
 
@@ -64,7 +64,7 @@ def test_an_accepted_tick_survives_frame_json_and_log_byte_for_byte(data: bytes,
     assert SYMBOL_RE.fullmatch(tick.symbol) and PRICE_RE.fullmatch(tick.price)
     assert CANONICAL_TS_RE.fullmatch(tick.ts) and tick.time.tzinfo is not None
     assert type(tick.seq) is int and 0 < tick.seq < 1 << 63
-    sequenced = Tick(hub_id, "mock", tick.symbol, tick.price, tick.time, tick.seq, tick.ts)
+    sequenced = Tick(hub_id, "mock", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra)
     # The JSON body: one object, the same fields, no character that needs escaping in a frame.
     assert orjson.loads(sequenced.json) == {
         "id": str(hub_id),
@@ -73,6 +73,7 @@ def test_an_accepted_tick_survives_frame_json_and_log_byte_for_byte(data: bytes,
         "price": tick.price,
         "ts": tick.ts,
         "seq": tick.seq,
+        **(tick.extra or {}),
     }
     assert not FRAME_UNSAFE.search(sequenced.json.decode())
     # The SSE frame: exactly one event, whose data is the JSON, whatever the chunking.
@@ -124,7 +125,9 @@ def test_accepted_ticks_come_back_from_postgresql_byte_for_byte(schema_with_tick
     ticks = [t for t in map(accepted_or_rejected, events) if t is not None]
     if not ticks:
         return
-    sequenced = [Tick(10**12 + n, "mock", t.symbol, t.price, t.time, n, t.ts) for n, t in enumerate(ticks, start=1)]
+    sequenced = [
+        Tick(10**12 + n, "mock", t.symbol, t.price, t.time, n, t.ts, t.extra) for n, t in enumerate(ticks, start=1)
+    ]
     asyncio.run(_copy_and_read_back(schema_with_ticks, sequenced))
 
 
@@ -139,10 +142,10 @@ async def _copy_and_read_back(dsn_schema: str, ticks: list[Tick]) -> None:
                 yield copy_rows(ticks)
 
             await conn.copy_to_table("ticks", source=chunks(), columns=STORED_COLUMNS, schema_name=schema)
-            rows = await conn.fetch("SELECT id, source, symbol, price::text, ts, seq FROM ticks ORDER BY id")
+            rows = await conn.fetch("SELECT id, source, symbol, price::text, ts, seq, extra FROM ticks ORDER BY id")
     finally:
         await conn.close()
-    back = [Tick(r[0], r[1], r[2], r[3], r[4], r[5]).json for r in rows]
+    back = [Tick(*r[:6], None, r[6] and orjson.loads(r[6])).json for r in rows]
     assert back == [t.json for t in ticks]
     assert all(r[4] == t.time and r[4].tzinfo is not None for r, t in zip(rows, ticks, strict=True))
     assert datetime.min.replace(tzinfo=UTC) <= min(r[4] for r in rows)

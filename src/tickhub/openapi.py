@@ -81,6 +81,11 @@ SCHEMAS: dict[str, Any] = {
             "price": DECIMAL,
             "ts": {**TIME, "description": "Source time, UTC."},
             "seq": {"type": "integer", "description": "The source's own event number."},
+            "trade_id": {
+                "type": "string",
+                "pattern": "^[0-9A-Za-z_-]{1,64}$",
+                "description": "The exchange's own id of the trade, when the tick is one (Binance, Coinbase).",
+            },
             "venues": {
                 "type": "array",
                 "description": "Composite ticks only (source `composite`): the venues whose prices made it.",

@@ -27,6 +27,9 @@ SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
 #: The wire's own timestamp form (:func:`format_ts`), kept as sent; anything else is parsed and reformatted.
 #: ``fromisoformat`` alone is no check of the text: it takes any character between date and time, a newline too.
 CANONICAL_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
+#: An exchange's own trade id (Binance ``t``, Coinbase ``trade_id``), as a string: digits mostly; letters,
+#: ``_`` and ``-`` allowed for venues whose ids are not numbers. Nothing in it needs escaping in JSON or COPY.
+TRADE_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
 #: The fields every tick has, in their order on the wire.
 TICK_FIELDS = frozenset(("id", "source", "symbol", "price", "ts", "seq"))
 
@@ -51,7 +54,8 @@ class Tick:
     canonical). Formatting is also what keeps a tick small: the bytes orjson returns are each backed
     by a 4 KiB page while they live, so a queue of ticks cost 4 KiB each (BENCHMARKS.md, "Profile").
 
-    ``extra`` holds fields beyond the six every tick has (a composite's contributing ``venues``):
+    ``extra`` holds fields beyond the six every tick has (an exchange's ``trade_id``, a composite's
+    contributing ``venues``):
     they follow ``seq`` in the JSON, encoded with sorted keys at every depth. PostgreSQL's jsonb
     reorders keys, so a canonical encoding is what makes a tick rebuilt from its row encode to the
     same bytes as the live one. The attribute is that encoded object (or None).
@@ -145,6 +149,13 @@ def check_symbol(value: object) -> str:
     return value
 
 
+def check_trade_id(value: object) -> str:
+    """Return the trade id if it is a string of 1-64 characters from ``[0-9A-Za-z_-]``."""
+    if type(value) is not str or not TRADE_ID_RE.match(value):
+        raise TickRejected("bad_trade_id", f"not a trade id string: {str(value)[:40]!r}")
+    return value
+
+
 class SourceTick(NamedTuple):
     """A validated tick as a source sent it, before the hub gives it an id."""
 
@@ -153,7 +164,7 @@ class SourceTick(NamedTuple):
     time: datetime
     ts: str
     seq: int
-    #: Fields beyond the common six (see :class:`Tick`); only the hub's own composites set them.
+    #: Fields beyond the common six (see :class:`Tick`): a source's ``trade_id``, a composite's ``venues``.
     extra: Mapping[str, Any] | None = None
 
 
@@ -181,18 +192,22 @@ def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceT
         check_symbol(symbol)
     if type(price) is not str or PRICE_RE.match(price) is None or not price.strip("0."):
         check_price(price)
+    extra = None if "trade_id" not in obj else {"trade_id": check_trade_id(obj["trade_id"])}
     if type(ts) is str and len(ts) == 27 and CANONICAL_TS_RE.match(ts) is not None:
         try:  # already canonical: parse it, keep the text
-            return SourceTick(symbol, price, datetime.fromisoformat(ts), ts, seq)
+            return SourceTick(symbol, price, datetime.fromisoformat(ts), ts, seq, extra)
         except ValueError:
             raise TickRejected("bad_ts", f"not ISO-8601: {ts!r}") from None
     time = parse_ts(ts)
-    return SourceTick(symbol, price, time, format_ts(time), seq)
+    return SourceTick(symbol, price, time, format_ts(time), seq, extra)
 
 
-def source_tick_json(source: str, symbol: str, price: str, ts: str, seq: int) -> bytes:
-    """The data line a source publishes for one tick."""
-    return orjson.dumps({"source": source, "symbol": symbol, "price": price, "ts": ts, "seq": seq})
+def source_tick_json(source: str, symbol: str, price: str, ts: str, seq: int, trade_id: str | None = None) -> bytes:
+    """The data line a source publishes for one tick; ``trade_id`` (the exchange's) follows ``seq``."""
+    tick = {"source": source, "symbol": symbol, "price": price, "ts": ts, "seq": seq}
+    if trade_id is not None:
+        tick["trade_id"] = trade_id
+    return orjson.dumps(tick)
 
 
 # --- SSE frames -------------------------------------------------------------------------------
@@ -228,10 +243,12 @@ class SSEEvent(NamedTuple):
 _WHOLE_EVENT = re.compile(rb"id: ?([^\n]*)\nevent: ?([^\n]*)\ndata: ?([^\n]*)\n\n")
 #: A tick frame exactly as :func:`source_tick_json` and :func:`tick_frame` write it, its values already
 #: in the shapes :func:`parse_source_tick` accepts (the source name is the hub's own, so it is skipped).
+#: An exchange bridge's ``trade_id`` after ``seq`` is part of the form.
 _SOURCE_TICK = re.compile(
     rb'id: ?([0-9]{1,19})\nevent: ?tick\ndata: ?\{"source":"[^"\\\x00-\x1f]{0,64}",'
     rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"((?:0|[1-9][0-9]{0,23})(?:\.[0-9]{1,18})?)",'
-    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})\}\n\n'
+    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})'
+    rb'(?:,"trade_id":"([0-9A-Za-z_-]{1,64})")?\}\n\n'
 )
 _SEQ_LIMIT = 1 << 63
 
@@ -239,7 +256,7 @@ _SEQ_LIMIT = 1 << 63
 def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
     """The tick of a :data:`_SOURCE_TICK` match, or None if a value is out of range (the general path
     then rejects the event with its reason)."""
-    _, symbol, price, ts, seq = match.groups()
+    _, symbol, price, ts, seq, trade_id = match.groups()
     seq_value = int(seq)
     if seq_value >= _SEQ_LIMIT or not price.strip(b"0."):
         return None
@@ -248,7 +265,8 @@ def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
         time = datetime.fromisoformat(ts_text)
     except ValueError:  # the right shape, not a date (Feb 30)
         return None
-    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value)
+    extra = None if trade_id is None else {"trade_id": trade_id.decode()}
+    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value, extra)
 
 
 class SSEParser:
