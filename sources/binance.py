@@ -22,7 +22,17 @@ from tickhub.backoff import Backoff
 from .binance_rest import BinanceRest, TickerPoller, ticker_prices, trading_symbols, with_retries
 from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
-from .exchange import ConnectionPlan, ExchangeAdapter, Malformed, Quote, Reconnect, now_ts, ts_from_ms
+from .exchange import (
+    ConnectionPlan,
+    ExchangeAdapter,
+    Malformed,
+    Quote,
+    Reconnect,
+    now_ts,
+    trade_id_text,
+    ts_from_ms,
+    unrecognised,
+)
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
@@ -36,7 +46,8 @@ def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
 
 
 class BinanceAdapter(ExchangeAdapter):
-    """Binance spot ``@trade`` combined streams: ``{"stream": "btcusdt@trade", "data": {"e": "trade", ...}}``."""
+    """Binance spot ``@trade`` combined streams: ``{"stream": "btcusdt@trade", "data": {"e": "trade", ...}}``;
+    the trade id ``t`` is carried as the tick's ``trade_id``."""
 
     venue = "BINANCE"
     messages_per_second = 4  # Binance allows 5 incoming messages/s per connection, pongs included
@@ -73,7 +84,7 @@ class BinanceAdapter(ExchangeAdapter):
         except orjson.JSONDecodeError:
             raise Malformed("bad_json") from None
         if not isinstance(msg, dict):
-            raise Malformed("bad_json", "not an object")
+            raise unrecognised(text)
         data = msg.get("data", msg)
         event = msg.get("event")  # the WebSocket API wraps connection events as {"event": {...}}
         if "serverShutdown" in (msg.get("e"), _get(data, "e"), _get(event, "e")):
@@ -83,13 +94,14 @@ class BinanceAdapter(ExchangeAdapter):
         if "error" in msg or "code" in msg:
             raise Malformed("exchange_error", str(msg.get("error") or msg.get("msg"))[:200])
         if not isinstance(data, dict) or data.get("e") != "trade":
-            return []
+            raise unrecognised(text)  # we subscribe to trades only
         symbol, price, ms = data.get("s"), data.get("p"), data.get("T", data.get("E"))
         if not isinstance(symbol, str) or not isinstance(price, str):
             raise Malformed("missing_field", "trade without s or p")
         if symbol not in self._known:
             raise Malformed("unknown_symbol", symbol[:40])
-        return [Quote(self.hub_symbol(symbol), price, ts_from_ms(ms))]
+        trade_id = trade_id_text(data["t"]) if "t" in data else None
+        return [Quote(self.hub_symbol(symbol), price, ts_from_ms(ms), trade_id)]
 
 
 def _get(obj: object, key: str) -> Any:
@@ -131,7 +143,7 @@ class BinanceBridge(ExchangeBridge):
         return self
 
     async def prepare(self) -> None:
-        """Refuse unknown or halted symbols; hold one price per symbol for the first consumer (WebSocket mode)."""
+        """Refuse unknown or halted symbols; publish one price per symbol (WebSocket mode) before serving."""
         s, rest = self.settings, self.rest
         assert rest is not None, "use the bridge as an async context manager"
         symbols = list(s.symbols) or None
@@ -142,9 +154,9 @@ class BinanceBridge(ExchangeBridge):
             return
         rows = await with_retries(lambda: ticker_prices(rest, symbols), "read ticker/price", attempts, backoff)
         ts = now_ts()
-        for row in rows:
+        for row in rows:  # ordinary events, before any consumer: the first one is given them from the ring
             if isinstance(row, dict) and row.get("symbol") in allowed and isinstance(row.get("price"), str):
-                self.publish(Quote(self.adapter.hub_symbol(row["symbol"]), row["price"], ts), hold=True)
+                self.publish(Quote(self.adapter.hub_symbol(row["symbol"]), row["price"], ts))
 
     async def stream(self) -> None:
         if self.poller is not None:
@@ -157,12 +169,12 @@ class BinanceBridge(ExchangeBridge):
         if self.rest is not None:
             body["rest"] = self.rest.health()
             if self.rest.state == "banned":
-                body["status"] = "banned"
+                body["status"], body["reason"] = "banned", "Binance banned this IP (HTTP 418): see rest"
         if self.poller is not None:
             body["poll"] = self.poller.health()
             body["symbols"] = len(self.poller.allowed)
             if body["status"] == "degraded" and self.poller.ok and self.error is None:
-                body["status"] = "ok"  # REST mode has no WebSocket connections to count
+                body["status"], body["reason"] = "ok", None  # REST mode has no WebSocket connections to count
         return body
 
 

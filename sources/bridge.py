@@ -4,6 +4,16 @@ The lifecycle lives here once: connect, send the subscribe messages (paced), rea
 watchdog, reconnect with capped jittered backoff, renew a connection before the exchange's age
 limit, publish every price into the feed. An adapter (sources.exchange) knows only one exchange:
 its connection URLs, its subscribe messages and how a message becomes quotes.
+
+A bridge never publishes an event twice. Start-up prices (Binance's ``ticker/price`` snapshot) are
+ordinary events, published before the feed is served. A consumer without ``Last-Event-ID`` (a hub's
+first connection) is given the newest event of each symbol from the ring, with its own seq, then
+live events; a consumer resuming by ``Last-Event-ID`` gets the ring after it. A price the exchange
+sends again (on a resubscribe) is dropped (sources.repeats), so it is never published under a new seq.
+
+``/health`` says ``degraded`` with a ``reason`` while a connection is down, and while one is up but has
+brought no price for the stale window and messages the adapter could not read (an API of another
+version, another channel): a busy link is not a working one.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -21,8 +31,10 @@ from aiohttp import web
 from tickhub.backoff import Backoff
 from tickhub.wire import TickRejected, check_price, check_symbol
 
+from .connection import ConnectionStats, MessagePacer
 from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, Reconnect
 from .feed import SourceFeed, source_app
+from .repeats import PublishedQuotes
 
 log = logging.getLogger("tickhub.bridge")
 
@@ -44,54 +56,6 @@ class BridgeSettings:
     heartbeat: float = 5.0
 
 
-@dataclass
-class ConnectionStats:
-    """What /health shows about one WebSocket."""
-
-    url: str
-    streams: int
-    state: str = "starting"
-    connects: int = 0
-    connected_at: float | None = None
-    last_message_at: float | None = None
-    messages: int = 0
-    quotes: int = 0
-    reconnects: collections.Counter[str] = field(default_factory=collections.Counter)
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "url": self.url.split("?", 1)[0],
-            "streams": self.streams,
-            "state": self.state,
-            "connects": self.connects,
-            "connected_for_s": round(now - self.connected_at, 3) if self.connected_at else None,
-            "last_message_age_s": round(now - self.last_message_at, 3) if self.last_message_at else None,
-            "messages": self.messages,
-            "quotes": self.quotes,
-            "reconnects": dict(self.reconnects),
-            "last_error": self.last_error,
-        }
-
-
-class MessagePacer:
-    """At most ``limit`` sends in any ``period`` seconds (Binance drops a connection past 5 messages/s)."""
-
-    def __init__(self, limit: int, period: float = 1.0) -> None:
-        self.limit = limit
-        self.period = period
-        self._sent: collections.deque[float] = collections.deque(maxlen=limit)
-
-    async def wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        if len(self._sent) == self.limit:
-            delay = self._sent[0] + self.period - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        self._sent.append(loop.time())
-
-
 class ExchangeBridge:
     """Owns the HTTP session, the feed and one task per WebSocket; an async context manager.
 
@@ -104,12 +68,15 @@ class ExchangeBridge:
     def __init__(self, adapter: ExchangeAdapter, settings: BridgeSettings) -> None:
         self.adapter = adapter
         self.settings = settings
-        self.feed = SourceFeed(settings.name, ring_size=settings.ring_size, heartbeat=settings.heartbeat)
+        self.feed = SourceFeed(
+            settings.name, ring_size=settings.ring_size, heartbeat=settings.heartbeat, latest_first=True
+        )
         self.connections: list[ConnectionStats] = []
         self.published = 0
+        self.repeats = 0  # prices the exchange sent again, not published again
         self.ignored = 0
         self.malformed: collections.Counter[str] = collections.Counter()
-        self.latest: dict[str, Quote] = {}  # per hub symbol, for the first consumer
+        self.seen = PublishedQuotes()
         self.error: BridgeError | None = None
         self.failed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -132,42 +99,36 @@ class ExchangeBridge:
     async def prepare(self) -> None:
         """Start-up checks before the feed is served; raises BridgeError naming what was refused."""
 
-    def publish(self, quote: Quote, *, hold: bool = False) -> None:
-        """Validate and publish one price; ``hold`` keeps it for the first consumer only (start-up snapshots)."""
+    @property
+    def latest(self) -> dict[str, Quote]:
+        """The latest price published for each hub symbol."""
+        return self.seen.latest
+
+    def publish(self, quote: Quote) -> bool:
+        """Validate and publish one price, unless this run published it already; whether it was."""
         try:
             symbol, price = check_symbol(quote.symbol), check_price(quote.price)
         except TickRejected as exc:
             self.malformed[exc.reason] += 1
             log.debug("skipped %s", exc)
-            return
-        self.latest[symbol] = quote
-        if not hold:
-            self.feed.publish(symbol, price, quote.ts)
-            self.published += 1
+            return False
+        if self.seen.is_repeat(quote):
+            self.repeats += 1
+            return False
+        self.feed.publish(symbol, price, quote.ts, quote.trade_id)
+        self.published += 1
+        return True
 
     async def run(self) -> None:
         """The feed's producer: streams until cancelled, or until the exchange refuses us."""
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._greet_first_consumer())
-                tasks.create_task(self.stream())
+            await self.stream()
         except* BridgeError as group:
             error: BaseException = group
             while isinstance(error, BaseExceptionGroup):  # task groups nest: report the refusal itself
                 error = error.exceptions[0]
             self.error = error  # type: ignore[assignment]
             self.failed.set()  # serve_bridge raises it: the command prints it once and exits 2
-
-    async def _greet_first_consumer(self) -> None:
-        """Publish the latest price of every symbol once the first consumer is attached.
-
-        A hub's first connection to a source starts live, so it would miss the start-up snapshot
-        and every price published before it came; this way it starts with a full picture.
-        """
-        await self.feed.wait_for_room()  # returns once a consumer is attached (or the feed closes)
-        for quote in list(self.latest.values()):
-            self.feed.publish(quote.symbol, quote.price, quote.ts)
-            self.published += 1
 
     async def stream(self) -> None:
         plans = self.adapter.plans()
@@ -208,7 +169,7 @@ class ExchangeBridge:
             return "connect_failed"
         async with ws:
             stats.state, stats.connected_at = "connected", time.time()
-            stats.connects += 1
+            stats.connects, stats.unread = stats.connects + 1, 0
             log.info("%s: connected to %s (%d streams)", s.name, plan.url.split("?")[0], plan.streams)
             try:
                 for message in plan.messages:
@@ -246,7 +207,7 @@ class ExchangeBridge:
                 try:
                     quotes = self.adapter.decode(msg.data)
                 except Malformed as exc:
-                    self.malformed[exc.reason] += 1
+                    self._unread(stats, exc.reason, str(exc))
                     log.debug("%s: malformed message skipped: %s", s.name, exc)
                     continue
                 except Reconnect as exc:
@@ -255,39 +216,53 @@ class ExchangeBridge:
                 except BridgeError:
                     raise
                 except Exception:  # an adapter bug must not stop the other symbols' prices
-                    self.malformed["decode_error"] += 1
+                    self._unread(stats, "decode_error", "decode_error")
                     log.exception("%s: cannot decode a message", s.name)
                     continue
                 if not quotes:
                     self.ignored += 1
+                    continue
                 stats.quotes += len(quotes)
+                stats.last_quote_at, stats.unread = stats.last_message_at, 0
                 for quote in quotes:
                     self.publish(quote)
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 stats.messages += 1
-                self.malformed["binary"] += 1
+                self._unread(stats, "binary", "binary frame")
             else:  # CLOSE, CLOSING, CLOSED or ERROR
                 stats.last_error = f"closed: {msg.type.name} {msg.data or ''} {msg.extra or ''}".strip()[:300]
                 log.warning("%s: connection %s", s.name, stats.last_error)
                 return "closed"
 
+    def _unread(self, stats: ConnectionStats, reason: str, detail: str) -> None:
+        self.malformed[reason] += 1
+        stats.unread += 1
+        stats.last_unread = detail[:120]
+
     def health(self) -> dict[str, Any]:
-        """The bridge's /health document."""
-        connected = sum(c.state == "connected" for c in self.connections)
+        """The bridge's /health document: ``degraded`` names its ``reason``."""
+        now = time.time()
+        problems = [
+            f"connection {n}: {problem}"
+            for n, c in enumerate(self.connections, start=1)
+            if (problem := c.problem(now, self.settings.stale_timeout)) is not None
+        ]
         if self.error is not None:
-            status = "failed"
-        elif self.connections and connected == len(self.connections):
-            status = "ok"
+            status, reason = "failed", str(self.error)
+        elif not self.connections:
+            status, reason = "degraded", "not connected yet"
         else:
-            status = "degraded"
+            status, reason = ("degraded", "; ".join(problems)) if problems else ("ok", None)
         return {
             "source": self.settings.name,
             "venue": self.adapter.venue,
             "mode": self.mode,
             "status": status,
+            "reason": reason,
             "error": str(self.error) if self.error else None,
             "symbols": len(self.adapter.symbols),
             "published": self.published,
+            "repeats": self.repeats,
             "ignored": self.ignored,
             "malformed": dict(self.malformed),
             "next_seq": self.feed.next_seq,

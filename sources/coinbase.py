@@ -1,7 +1,9 @@
 """The Coinbase Exchange bridge: the public ``ticker`` channel served as SSE.
 
-One WebSocket subscribes to ``ticker`` (a message per trade, price as a decimal string) and
-``heartbeat`` (one message per product each second, so a silent market never looks like a dead link).
+One WebSocket subscribes to ``ticker`` (a message per trade, price as a decimal string, with its
+``trade_id``) and ``heartbeat`` (one message per product each second, so a silent market never looks
+like a dead link). On every subscribe Coinbase sends each product's latest trade again; the bridge
+drops a trade id it already published in this run (sources.bridge).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from tickhub import aio
 
 from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
-from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, ts_from_iso
+from .exchange import (
+    BridgeError,
+    ConnectionPlan,
+    ExchangeAdapter,
+    Malformed,
+    Quote,
+    trade_id_text,
+    ts_from_iso,
+    unrecognised,
+)
 
 DEFAULT_WS_URL = "wss://ws-feed.exchange.coinbase.com"
 
@@ -34,21 +45,24 @@ class CoinbaseAdapter(ExchangeAdapter):
         except orjson.JSONDecodeError:
             raise Malformed("bad_json") from None
         if not isinstance(msg, dict):
-            raise Malformed("bad_json", "not an object")
+            raise unrecognised(text)
         kind = msg.get("type")
         if kind == "error":
             detail = f"{msg.get('message')}: {msg.get('reason')}"
             if "subscribe" in str(msg.get("message", "")).lower():
                 raise BridgeError(f"Coinbase refused the subscription, {detail}")
             raise Malformed("exchange_error", detail[:200])
+        if kind in ("subscriptions", "heartbeat"):
+            return []
         if kind != "ticker":
-            return []  # subscriptions acks, heartbeats
+            raise unrecognised(text)
         product, price = msg.get("product_id"), msg.get("price")
         if not isinstance(product, str) or not isinstance(price, str):
             raise Malformed("missing_field", "ticker without product_id or price")
         if product not in self.symbols:
             raise Malformed("unknown_symbol", product[:40])
-        return [Quote(self.hub_symbol(product), price, ts_from_iso(msg.get("time")))]
+        trade_id = trade_id_text(msg["trade_id"]) if "trade_id" in msg else None
+        return [Quote(self.hub_symbol(product), price, ts_from_iso(msg.get("time")), trade_id)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,17 +12,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, NamedTuple
 
-from tickhub.wire import TickRejected, format_ts, parse_ts
+from tickhub.wire import TickRejected, check_trade_id, format_ts, parse_ts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Quote(NamedTuple):
-    """One price from an exchange message: hub symbol, exact decimal text, canonical ts."""
+    """One price from an exchange message: hub symbol, exact decimal text, canonical ts, and the
+    exchange's own trade id when the price is a trade that has one."""
 
     symbol: str
     price: str
     ts: str
+    trade_id: str | None = None
 
 
 class BridgeError(ValueError):
@@ -54,6 +56,21 @@ def ts_from_iso(text: object) -> str:
         return format_ts(parse_ts(text))
     except TickRejected as exc:
         raise Malformed("bad_ts", str(exc)) from None
+
+
+def trade_id_text(value: object) -> str:
+    """An exchange's trade id (a JSON integer at Binance, Coinbase and Kraken) → its wire text, exact."""
+    if type(value) is int and value >= 0:
+        return str(value)
+    try:
+        return check_trade_id(value)
+    except TickRejected:
+        raise Malformed("bad_trade_id", f"not a trade id: {str(value)[:40]!r}") from None
+
+
+def unrecognised(text: str) -> Malformed:
+    """A message of a kind the adapter does not know (another API version, another channel)."""
+    return Malformed("unrecognised", text[:80])
 
 
 def now_ts() -> str:
@@ -90,5 +107,7 @@ class ExchangeAdapter:
         raise NotImplementedError
 
     def decode(self, text: str) -> list[Quote]:
-        """Quotes in one text message ([] for acks and heartbeats). Raises Malformed, Reconnect or BridgeError."""
+        """Quotes in one text message; [] for the acks and heartbeats the exchange documents. Anything
+        else raises: Malformed (``unrecognised`` for a kind of message it does not know), Reconnect or
+        BridgeError. /health tells a link that brings only messages the adapter cannot read."""
         raise NotImplementedError

@@ -4,6 +4,10 @@ Events are numbered by ``seq``, which starts at the current time in microseconds
 increasing across restarts of the source, and grows by exactly 1 per event within a run. The last
 ``ring_size`` events are kept: a consumer that reconnects with ``Last-Event-ID`` gets what it
 missed, or everything still held if it fell further behind (it sees the jump in seq).
+
+A consumer without ``Last-Event-ID`` starts live. With ``latest_first`` (the exchange bridges) it is
+first given the newest event of each symbol, as published, with its own seq, in seq order: a picture
+of every price without an event ever being published twice.
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ FEED = web.AppKey("feed", "SourceFeed")
 class SourceFeed:
     """Numbered tick events, a replay ring and the ``GET /stream`` handler that serves them."""
 
-    def __init__(self, name: str, ring_size: int = 100_000, heartbeat: float = 5.0, first_seq: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        ring_size: int = 100_000,
+        heartbeat: float = 5.0,
+        first_seq: int | None = None,
+        latest_first: bool = False,
+    ):
         self.name = name
+        self.latest_first = latest_first
+        self._newest: dict[str, tuple[int, bytes]] = {}  # per symbol, its newest event (latest_first)
         self.capacity = ring_size
         self.heartbeat = heartbeat
         self.first_seq = first_seq if first_seq is not None else time.time_ns() // 1000
@@ -51,20 +64,27 @@ class SourceFeed:
     def consumers(self) -> int:
         return len(self._cursors)
 
-    def publish(self, symbol: str, price: str, ts: datetime | str | None = None) -> int:
-        """Append one tick event; returns its seq."""
+    def publish(self, symbol: str, price: str, ts: datetime | str | None = None, trade_id: str | None = None) -> int:
+        """Append one tick event (``trade_id``: the exchange's, if the price is a trade); returns its seq."""
         seq = self.next_seq
         self.next_seq = seq + 1
         if ts is None:
             ts = datetime.now(UTC)
         ts_text = ts if isinstance(ts, str) else format_ts(ts)
-        self._frames[seq % self.capacity] = tick_frame(seq, source_tick_json(self.name, symbol, price, ts_text, seq))
+        frame = tick_frame(seq, source_tick_json(self.name, symbol, price, ts_text, seq, trade_id))
+        self._frames[seq % self.capacity] = frame
+        if self.latest_first:
+            self._newest[symbol] = (seq, frame)
         if self._waiters:
             for waiter in self._waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             self._waiters.clear()
         return seq
+
+    def newest_frames(self) -> bytes:
+        """The newest event of each symbol, in seq order (with ``latest_first``; else nothing)."""
+        return b"".join(frame for _, frame in sorted(self._newest.values()))
 
     def collect(self, low: int, high: int) -> bytes:
         cap = self.capacity
@@ -116,17 +136,19 @@ class SourceFeed:
             self._progress.clear()
 
     async def handle_stream(self, request: web.Request) -> web.StreamResponse:
-        """``GET /stream``: text/event-stream from Last-Event-ID (header or ``?last_event_id=``)."""
+        """``GET /stream``: text/event-stream from Last-Event-ID (header or ``?last_event_id=``); without
+        one, live, after the newest event of each symbol if ``latest_first``."""
         last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
         seq = self.start_seq(last)
+        newest = self.newest_frames() if not last else b""  # taken with seq: no event missed or sent twice
         key = object()
         self._advance(key, seq)
         try:
-            await response.write(retry_frame(1000))
+            await response.write(retry_frame(1000) + newest)
             while not self.closing:
                 if seq < self.oldest_seq:
                     seq = self.oldest_seq  # fell out of the ring: the consumer sees the jump in seq

@@ -16,9 +16,19 @@ from tickhub import aio
 
 from .bridge import BridgeSettings, ExchangeBridge
 from .bridge_cli import add_bridge_arguments, common_settings, serve_bridge, split_symbols, url_setting
-from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, now_ts, ts_from_iso
+from .exchange import (
+    BridgeError,
+    ConnectionPlan,
+    ExchangeAdapter,
+    Malformed,
+    Quote,
+    now_ts,
+    ts_from_iso,
+    unrecognised,
+)
 
 DEFAULT_WS_URL = "wss://ws.kraken.com/v2"
+V2_METHODS = ("subscribe", "unsubscribe", "pong")  # v2's answers to our requests
 
 
 def decimal_text(text: str) -> str:
@@ -51,13 +61,15 @@ class KrakenAdapter(ExchangeAdapter):
         except (ValueError, RecursionError):
             raise Malformed("bad_json") from None
         if not isinstance(msg, dict):
-            raise Malformed("bad_json", "not an object")
+            raise unrecognised(text)  # v1 sends its data as arrays
         if msg.get("method") == "subscribe" and msg.get("success") is False:
             raise BridgeError(f"Kraken refused the subscription to {msg.get('symbol')}: {msg.get('error')}")
         if "error" in msg:
             raise Malformed("exchange_error", str(msg["error"])[:200])
         if msg.get("channel") != "ticker" or msg.get("type") not in ("snapshot", "update"):
-            return []  # status, heartbeat, acks, pongs
+            if msg.get("channel") in ("status", "heartbeat", "ticker") or msg.get("method") in V2_METHODS:
+                return []
+            raise unrecognised(text)  # v1's {"event": ...} messages land here
         data = msg.get("data")
         if not isinstance(data, list):
             raise Malformed("missing_field", "ticker without data")

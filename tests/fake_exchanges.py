@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import random
 import re
 from collections import deque
+from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,11 @@ def sample_text(name: str) -> str:
 
 def sample(name: str) -> Any:
     return orjson.loads(sample_text(name))
+
+
+def recording(name: str) -> list[str]:
+    """A recorded session (``samples/NAME.jsonl``): its messages' text, one per line, in order."""
+    return (SAMPLES / f"{name}.jsonl").read_text().splitlines()
 
 
 class FakeConnection:
@@ -155,6 +163,7 @@ class FakeBinance(FakeExchange):
         self.scripted: deque[tuple[int, dict[str, str], str]] = deque()  # next REST answers, in order
         self.used_weight: int | None = None  # None: count real weights
         self._weight = 0
+        self._trade_id = 3512345678
         self.app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         self.app.router.add_get("/api/v3/ticker/price", self._ticker_price)
 
@@ -162,12 +171,32 @@ class FakeBinance(FakeExchange):
         headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
         self.scripted.append((status, headers, body))
 
-    def trade(self, symbol: str, price: str, trade_ms: int = 1795460400121) -> dict[str, Any]:
-        """A trade event in the combined-stream wrapper, as the docs show it."""
+    def trade(
+        self, symbol: str, price: str, trade_ms: int = 1795460400121, trade_id: int | None = None
+    ) -> dict[str, Any]:
+        """A trade event in the combined-stream wrapper, as the docs show it (trade ids count up unless given)."""
+        if trade_id is None:
+            self._trade_id = trade_id = self._trade_id + 1
         msg = sample("binance_trade")
         msg["stream"] = f"{symbol.lower()}@trade"
-        msg["data"].update(s=symbol, p=price, T=trade_ms, E=trade_ms + 2)
+        msg["data"].update(s=symbol, p=price, T=trade_ms, E=trade_ms + 2, t=trade_id)
         return msg
+
+    def replay_trades(
+        self, n: int, symbols: Sequence[str], seed: int = 1, start_ms: int = 1795460400121
+    ) -> list[dict[str, Any]]:
+        """``n`` trades in the documented shape, generated: a random walk of 0.01 steps from each symbol's
+        ticker price, trade ids counting up per symbol as Binance's do, trade times 1 ms apart."""
+        rng = random.Random(seed)
+        prices = {s: Decimal(self.prices[s]) for s in symbols}
+        ids = {s: 3512345678 + 1000 * i for i, s in enumerate(symbols)}
+        trades = []
+        for i in range(n):
+            symbol = rng.choice(symbols)
+            prices[symbol] = max(Decimal("0.01"), prices[symbol] + rng.randint(-3, 3) * Decimal("0.01"))
+            ids[symbol] += 1
+            trades.append(self.trade(symbol, f"{prices[symbol]:.8f}", start_ms + i, ids[symbol]))
+        return trades
 
     def requests_to(self, path: str) -> list[tuple[float, str, dict[str, str]]]:
         return [r for r in self.requests if r[1] == path]
@@ -218,16 +247,24 @@ class FakeBinance(FakeExchange):
 
 
 class FakeCoinbase(FakeExchange):
-    """Coinbase Exchange: a ``subscribe`` gets a ``subscriptions`` ack, or an ``error`` for an unknown product."""
+    """Coinbase Exchange: a ``subscribe`` gets a ``subscriptions`` ack, or an ``error`` for an unknown product;
+    after the ack, the messages in ``on_subscribe`` (a recorded session, or the latest tickers, which
+    Coinbase sends on every subscribe)."""
 
     ws_path = "/"  # wss://ws-feed.exchange.coinbase.com
     PRODUCTS = {"BTC-USD", "ETH-USD", "SOL-USD"}
+
+    def __init__(self, products: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.products = self.PRODUCTS | set(products)
+        self.on_subscribe: list[str] = []
+        self._trade_id = 370843401
 
     async def on_text(self, conn: FakeConnection, text: str) -> None:
         msg = orjson.loads(text)
         if msg.get("type") != "subscribe":
             return
-        bad = [p for p in msg["product_ids"] if p not in self.PRODUCTS]
+        bad = [p for p in msg["product_ids"] if p not in self.products]
         if bad:
             error = sample("coinbase_error")
             error["reason"] = f"{bad[0]} is not a valid product"
@@ -236,9 +273,18 @@ class FakeCoinbase(FakeExchange):
         ack = sample("coinbase_subscriptions")
         ack["channels"] = [{"name": c, "product_ids": msg["product_ids"]} for c in msg["channels"]]
         await conn.send(ack)
+        for text in self.on_subscribe:
+            await conn.send(text)
 
     def ticker(self, product: str, price: str, time: str = "2026-11-23T19:00:00.123456Z") -> dict[str, Any]:
-        return sample("coinbase_ticker") | {"product_id": product, "price": price, "time": time}
+        """The documented ticker, with a trade id of its own (they count up)."""
+        self._trade_id += 1
+        return sample("coinbase_ticker") | {
+            "product_id": product,
+            "price": price,
+            "time": time,
+            "trade_id": self._trade_id,
+        }
 
 
 class FakeKraken(FakeExchange):
@@ -271,3 +317,85 @@ class FakeKraken(FakeExchange):
         text = re.sub(r'"last": [-0-9.eE+]+', f'"last": {last}', sample_text("kraken_ticker_update"))
         text = re.sub(r'"timestamp": "[^"]*"', f'"timestamp": "{timestamp}"', text)
         return text.replace("BTC/USD", symbol)
+
+
+class FakeKrakenV1(FakeExchange):
+    """Kraken's WebSocket v1 API, as a v2 client finds it when pointed at ``wss://ws.kraken.com``: a
+    recorded v1 session (status, subscription statuses, heartbeats, trade arrays) played over and over,
+    a message every ``interval`` seconds. None of it is a v2 message."""
+
+    ws_path = "/"
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__()
+        self.interval = interval
+        self.sent = 0
+        self._players: list[asyncio.Task[None]] = []
+
+    async def on_connect(self, conn: FakeConnection) -> None:
+        self._players.append(asyncio.create_task(self._play(conn)))
+
+    async def _play(self, conn: FakeConnection) -> None:
+        messages = recording("kraken_v1_session")
+        try:
+            while not conn.closed.is_set():
+                await conn.send(messages[self.sent % len(messages)])
+                self.sent += 1
+                await asyncio.sleep(self.interval)  # the exchange's pace, not a wait for the bridge
+        except ConnectionError:
+            pass
+
+    async def __aexit__(self, *exc: object) -> None:
+        for player in self._players:
+            player.cancel()
+        await asyncio.gather(*self._players, return_exceptions=True)
+        await super().__aexit__(*exc)
+
+
+class TradingBinance(FakeBinance):
+    """A fake Binance whose market trades on its own: one ``symbol`` trade every ``interval`` seconds, sent
+    to every open connection, with trade ids counting up. ``sent`` records each trade id with the index
+    of the connection it went to (None: no connection was open, so nobody got it)."""
+
+    def __init__(self, symbol: str = "BTCUSDT", interval: float = 0.002) -> None:
+        super().__init__()
+        self.symbol = symbol
+        self.interval = interval
+        self.sent: list[tuple[int, int | None]] = []
+        self._trading: asyncio.Task[None] | None = None
+
+    def start_trading(self) -> None:
+        self._trading = asyncio.create_task(self._trade())
+
+    async def stop_trading(self) -> None:
+        if self._trading is not None:
+            self._trading.cancel()
+            await asyncio.gather(self._trading, return_exceptions=True)
+            self._trading = None
+
+    def sent_on(self, first_connection: int) -> list[int]:
+        """The trade ids sent on connection ``first_connection`` and every later one."""
+        return [t for t, n in self.sent if n is not None and n >= first_connection]
+
+    async def _trade(self) -> None:
+        trade_id, price = 3512345678, Decimal(self.prices[self.symbol])
+        rng = random.Random(trade_id)
+        while True:
+            trade_id += 1
+            price = max(Decimal("0.01"), price + rng.randint(-3, 3) * Decimal("0.01"))
+            msg = orjson.dumps(self.trade(self.symbol, f"{price:.8f}", 1795460400000 + trade_id % 10**9, trade_id))
+            got = None
+            for n, conn in enumerate(self.connections):
+                if conn.closed.is_set() or conn.ws.closed:
+                    continue
+                try:
+                    await conn.ws.send_str(msg.decode())
+                    got = n
+                except (ConnectionError, RuntimeError):  # the bridge died under us
+                    continue
+            self.sent.append((trade_id, got))
+            await asyncio.sleep(self.interval)  # the market's pace, not a wait for the bridge
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_trading()
+        await super().__aexit__(*exc)

@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 from fake_exchanges import FakeBinance, sample, sample_text
-from helpers import SSEStream, get_json, running_bridge, subscribe, wait_for
+from helpers import RunningBridge, SSEStream, get_json, running_bridge, subscribe, wait_for
 
 from sources import binance
 from sources.binance import BinanceAdapter, BinanceBridge, BinanceSettings
-from sources.exchange import Malformed, Quote, Reconnect
+from sources.exchange import Malformed, Quote, Reconnect, ts_from_ms
 
 TRADE_MS = 1795460400121  # 2026-11-23T19:00:00.121Z
 
@@ -51,13 +51,18 @@ async def source_ticks(stream: SSEStream, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def seeds(bridge: RunningBridge) -> int:
+    """Events the bridge published at start-up (one ``ticker/price`` row per symbol)."""
+    return len(bridge.bridge.adapter.symbols)
+
+
 # --- the adapter alone ----------------------------------------------------------------------------
 
 
 def test_a_trade_becomes_a_quote_with_the_exact_price_and_trade_time() -> None:
     adapter = BinanceAdapter("wss://x", ["BTCUSDT"])
     [quote] = adapter.decode(sample_text("binance_trade"))
-    assert quote == Quote("BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z")
+    assert quote == Quote("BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", "3512345678")
     raw = orjson.dumps(sample("binance_trade")["data"]).decode()  # a raw /ws payload, without the wrapper
     assert adapter.decode(raw) == [quote]
 
@@ -79,7 +84,9 @@ def test_server_shutdown_asks_for_a_new_connection(text: str) -> None:
     ("text", "reason"),
     [
         ("{not json", "bad_json"),
-        ("[1, 2]", "bad_json"),
+        ("[1, 2]", "unrecognised"),
+        ('{"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "p": "1"}}', "unrecognised"),
+        ('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": 1, "t": -1}}', "bad_trade_id"),
         ('{"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "T": 1}}', "missing_field"),
         ('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": "soon"}}', "bad_ts"),
         ('{"data": {"e": "trade", "s": "DOGEUSDT", "p": "1.0", "T": 1}}', "unknown_symbol"),
@@ -92,10 +99,11 @@ def test_malformed_messages_name_their_reason(text: str, reason: str) -> None:
     assert info.value.reason == reason
 
 
-def test_acks_and_other_events_carry_no_quote() -> None:
+def test_acks_carry_no_quote_and_a_trade_without_an_id_is_still_a_price() -> None:
     adapter = BinanceAdapter("wss://x", ["BTCUSDT"])
     assert adapter.decode(sample_text("binance_subscribe_ack")) == []
-    assert adapter.decode('{"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "p": "1"}}') == []
+    [quote] = adapter.decode('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": 1795460400121}}')
+    assert quote.trade_id is None
 
 
 def test_streams_are_split_at_max_streams_and_the_url_holds_only_the_first_few() -> None:
@@ -179,7 +187,7 @@ async def test_a_consumer_arriving_live_first_gets_the_latest_price_of_every_sym
     async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
         conn = await fake.connection(0)
         await conn.send(fake.trade("BTCUSDT", "43211.01000000", TRADE_MS))
-        await wait_for(lambda: bridge.bridge.published == 1, what="a trade before any consumer")
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 1, what="a trade before any consumer")
         async with subscribe(bridge.base) as stream:  # no Last-Event-ID: live, as a hub's first connection
             latest = await source_ticks(stream, 2)
     by_symbol = {t["symbol"]: t for t in latest}
@@ -188,6 +196,36 @@ async def test_a_consumer_arriving_live_first_gets_the_latest_price_of_every_sym
         "2026-11-23T19:00:00.121000Z",
     )
     assert by_symbol["BINANCE:ETHUSDT"]["price"] == "2250.01000000", "the start-up snapshot"
+
+
+async def test_consumers_attaching_at_any_time_see_every_trade_once_under_consecutive_seqs() -> None:
+    """Replaying 500 trades, then a consumer arriving live (as a hub's first connection does), then one
+    resuming from an older Last-Event-ID: the live one is given the newest event of each symbol from
+    the ring, under its own seq, and nothing is published again, so the resuming one sees every trade
+    (price, trade time) once and seqs with no gap and no repeat."""
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
+        feed = bridge.bridge.feed
+        conn = await fake.connection(0)
+        sent = fake.replay_trades(500, ("BTCUSDT", "ETHUSDT"))
+        for trade in sent:
+            await conn.send(trade)
+        await wait_for(lambda: bridge.bridge.connections[0].quotes == 500, what="the 500 trades")
+        before = feed.next_seq
+        async with subscribe(bridge.base) as live:
+            greeted = await source_ticks(live, 2)
+        assert feed.next_seq == before, "attaching a consumer published nothing"
+        async with subscribe(bridge.base, last_event_id=str(feed.first_seq)) as resuming:
+            replayed = await source_ticks(resuming, feed.next_seq - 1 - feed.first_seq)
+    seqs = [t["seq"] for t in replayed]
+    assert seqs == list(range(feed.first_seq + 1, feed.next_seq))
+    seen = [(t["symbol"], t["price"], t["ts"]) for t in replayed]
+    assert len(seen) == len(set(seen)), "no price and trade time twice"
+    trades = [(f"BINANCE:{m['data']['s']}", m["data"]["p"], ts_from_ms(m["data"]["T"])) for m in sent]
+    assert [k for k in seen if k in set(trades)] == trades, "every trade once, in order"
+    by_seq = {t["seq"]: t for t in replayed}
+    assert all(by_seq[t["seq"]] == t for t in greeted), "the live consumer got ring events, with their own seqs"
+    newest = {t["symbol"]: t["seq"] for t in replayed}
+    assert [t["seq"] for t in greeted] == sorted(newest.values()), "the newest of each symbol, in seq order"
 
 
 async def test_malformed_frames_are_counted_and_skipped_and_the_bridge_goes_on() -> None:
@@ -204,10 +242,10 @@ async def test_malformed_frames_are_counted_and_skipped_and_the_bridge_goes_on()
             await conn.send(bad)
         await conn.send_bytes(b"\x00\x01")
         await conn.send(fake.trade("BTCUSDT", "43212.00000000"))
-        await wait_for(lambda: bridge.bridge.published == 1, what="the good trade after the bad frames")
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 1, what="the good trade after the bad frames")
         status, health = await get_json(f"{bridge.base}/health")
     assert status == 200 and health["status"] == "ok"
-    assert health["malformed"] == {"bad_json": 2, "missing_field": 1, "bad_price": 3, "binary": 1}
+    assert health["malformed"] == {"bad_json": 1, "unrecognised": 1, "missing_field": 1, "bad_price": 3, "binary": 1}
     assert health["connections"][0]["connects"] == 1, "no reconnect for bad frames"
 
 
@@ -242,7 +280,7 @@ async def test_server_shutdown_event_opens_a_new_connection() -> None:
         second = await fake.connection(1)
         await wait_for(first.closed.is_set, what="the old connection to be closed by the bridge")
         await second.send(fake.trade("ETHUSDT", "2251.00000000"))
-        await wait_for(lambda: bridge.bridge.published == 1, what="a trade on the new connection")
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 1, what="a trade on the new connection")
         assert bridge.bridge.connections[0].reconnects == {"server_shutdown": 1}
 
 
@@ -275,7 +313,7 @@ async def test_streams_beyond_max_streams_go_to_another_connection() -> None:
         by_streams = {c.query["streams"]: c for c in fake.connections}
         await by_streams["bnbusdt@trade"].send(fake.trade("BNBUSDT", "312.50000000"))
         await by_streams["btcusdt@trade/ethusdt@trade"].send(fake.trade("BTCUSDT", "43200.00000000"))
-        await wait_for(lambda: bridge.bridge.published == 2, what="trades on both connections")
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 2, what="trades on both connections")
         _, health = await get_json(f"{bridge.base}/health")
     assert [c["streams"] for c in health["connections"]] == [2, 1]
 
@@ -291,7 +329,7 @@ async def test_subscribe_messages_stay_under_five_per_second() -> None:
         conn = await fake.connection(0)
         await wait_for(lambda: len(conn.received) == 6, what="six SUBSCRIBE messages")
         await conn.send(fake.trade("X0005USDT", "6.05000000"))
-        await wait_for(lambda: bridge.bridge.published == 1, what="a trade of a SUBSCRIBEd stream")
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 1, what="a trade of a SUBSCRIBEd stream")
     times = [t for t, _ in conn.received]
     assert [m["params"] for m in conn.messages] == [[f"x{i:04d}usdt@trade"] for i in range(6)]
     assert all(times[i + 4] - times[i] >= 0.95 for i in range(len(times) - 4)), "no 5 messages within a second"

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 from fake_exchanges import FakeBinance, FakeCoinbase, FakeExchange, FakeKraken
-from helpers import delivered, running_bridge, running_hub, subscribe, wait_for
+from helpers import delivered, get_json, running_bridge, running_hub, subscribe, wait_for
 from test_binance import TRADE_MS, binance_settings
 from test_coinbase_kraken import coinbase_bridge, kraken_bridge
 
@@ -72,6 +72,44 @@ async def test_binance_trades_reach_subscribers_and_postgresql_exactly(settings:
             ("BINANCE:BTCUSDT", "43210.50001000", "2026-11-23T19:00:00.122000Z"),
         ]
         await through_the_hub(settings, fake, bridge, push, expected, startup=1)
+
+
+async def test_exchange_trade_ids_reach_subscribers_postgresql_and_history_exactly(settings: Settings) -> None:
+    """Binance's trade id ``t`` (here one past 2^53, where a float would round it) travels fake exchange →
+    bridge → hub → subscriber → PostgreSQL → /prices/{symbol}/history as the same digits."""
+    trade_ids = [3512345679, 9007199254740993]
+    async with FakeBinance() as fake:
+        bridge = BinanceBridge(binance_settings(fake, symbols=("BTCUSDT",)))
+        async with running_bridge(bridge) as running:
+            conn = await fake.connection(0)
+            async with running_hub(settings.replace(sources=(("binance", running.url),))) as hub:
+                client = hub.hub.ingest.clients["binance"]
+                await wait_for(lambda: client.stats.accepted >= 1, what="the start-up snapshot")
+                await wait_for(lambda: delivered(hub.hub), what="the snapshot to be delivered")
+                async with subscribe(hub.url) as stream:
+                    await stream.next_event("snapshot")
+                    for n, trade_id in enumerate(trade_ids):
+                        await conn.send(fake.trade("BTCUSDT", f"4321{n}.50000000", TRADE_MS + n, trade_id))
+                    ticks = await stream.ticks(2)
+                await wait_for(lambda: hub.hub.writer.persisted_id >= hub.hub.market.last_id, what="the writer")
+                status, history = await get_json(f"{hub.url}/prices/BINANCE:BTCUSDT/history")
+            stored = await stored_trade_ids(settings)
+    expected = [str(t) for t in trade_ids]
+    assert [t["trade_id"] for t in ticks] == expected
+    assert stored == [None, *expected], "the start-up snapshot is a price, not a trade"
+    assert status == 200 and len(history["ticks"]) == 3
+    assert [t for t in history["ticks"] if "trade_id" in t] == ticks, "history gives back the streamed ticks"
+
+
+async def stored_trade_ids(settings: Settings) -> list[str | None]:
+    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.database_schema})
+    try:
+        rows = await conn.fetch(
+            "SELECT extra ->> 'trade_id' AS trade_id FROM ticks WHERE source = 'binance' ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    return [r["trade_id"] for r in rows]
 
 
 async def test_coinbase_tickers_reach_subscribers_and_postgresql_exactly(settings: Settings) -> None:

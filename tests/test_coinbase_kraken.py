@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from fake_exchanges import FakeCoinbase, FakeKraken, sample, sample_text
-from helpers import get_json, running_bridge, wait_for
+from fake_exchanges import FakeCoinbase, FakeKraken, FakeKrakenV1, recording, sample, sample_text
+from helpers import SSEStream, get_json, running_bridge, subscribe, wait_for
 
 from sources import binance, coinbase, kraken
 from sources.bridge import BridgeSettings, ExchangeBridge
@@ -54,7 +55,7 @@ def kraken_bridge(fake: FakeKraken, symbols: tuple[str, ...] = ("BTC/USD", "ETH/
 def test_coinbase_ticker_becomes_a_quote_and_acks_and_heartbeats_carry_none() -> None:
     adapter = CoinbaseAdapter("wss://x", ["ETH-USD"])
     assert adapter.decode(sample_text("coinbase_ticker")) == [
-        Quote("COINBASE:ETH-USD", "1285.22", "2022-10-19T23:28:22.061769Z")
+        Quote("COINBASE:ETH-USD", "1285.22", "2022-10-19T23:28:22.061769Z", "370843401")
     ]
     assert adapter.decode(sample_text("coinbase_subscriptions")) == []
     assert adapter.decode(sample_text("coinbase_heartbeat")) == []
@@ -105,6 +106,69 @@ async def test_coinbase_reconnects_after_an_abrupt_close_and_subscribes_again() 
         await second.send(fake.ticker("BTC-USD", "91000.00"))
         await wait_for(lambda: bridge.bridge.published == 1, what="a ticker after the reconnect")
     assert first.messages == second.messages
+
+
+RECORDED = [orjson.loads(line) for line in recording("coinbase_ticker_recording")]
+RECORDED_PRODUCTS = tuple(dict.fromkeys(m["product_id"] for m in RECORDED))
+
+
+async def feed_ticks(stream: SSEStream, n: int) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < n:
+        event = await stream.next_event("tick", timeout=5)
+        out.append(orjson.loads(event.data))
+    return out
+
+
+def test_coinbase_tickers_carry_the_exchange_trade_id() -> None:
+    adapter = CoinbaseAdapter("wss://x", RECORDED_PRODUCTS)
+    [quote] = adapter.decode(recording("coinbase_ticker_recording")[0])
+    assert quote == Quote("COINBASE:BAND-GBP", "14.7775", "2021-04-17T16:43:30.244075Z", "881613")
+
+
+async def test_a_recorded_coinbase_session_is_published_once_whoever_attaches_when() -> None:
+    """The recorded ticker session (107 trades of ten products), then a consumer arriving live, then one
+    resuming from the start: each trade id once, seqs consecutive, nothing published twice."""
+    async with FakeCoinbase(RECORDED_PRODUCTS) as fake:
+        fake.on_subscribe = recording("coinbase_ticker_recording")
+        async with running_bridge(coinbase_bridge(fake, RECORDED_PRODUCTS)) as bridge:
+            feed = bridge.bridge.feed
+            await wait_for(lambda: feed.next_seq - feed.first_seq == len(RECORDED), what="the recorded session")
+            async with subscribe(bridge.base) as live:
+                greeted = await feed_ticks(live, len(RECORDED_PRODUCTS))
+            assert feed.next_seq - feed.first_seq == len(RECORDED), "attaching a consumer published nothing"
+            async with subscribe(bridge.base, last_event_id="0") as resuming:
+                replayed = await feed_ticks(resuming, len(RECORDED))
+    assert [t["seq"] for t in replayed] == list(range(feed.first_seq, feed.next_seq))
+    assert [(t["symbol"], t["price"], t["trade_id"]) for t in replayed] == [
+        (f"COINBASE:{m['product_id']}", m["price"], str(m["trade_id"])) for m in RECORDED
+    ]
+    newest = {t["symbol"]: t for t in replayed}
+    assert greeted == sorted(newest.values(), key=lambda t: t["seq"]), "the newest of each, as published"
+
+
+async def test_coinbase_resending_its_latest_trades_on_resubscribe_publishes_nothing_twice() -> None:
+    """Coinbase sends each product's latest trade again on every subscribe (the recording shows it: the
+    first tickers are older than the subscription). After a reconnect they must not come out again."""
+    async with FakeCoinbase(RECORDED_PRODUCTS) as fake:
+        fake.on_subscribe = recording("coinbase_ticker_recording")
+        async with running_bridge(coinbase_bridge(fake, RECORDED_PRODUCTS)) as bridge:
+            feed = bridge.bridge.feed
+            await wait_for(lambda: feed.next_seq - feed.first_seq == len(RECORDED), what="the recorded session")
+            latest = {m["product_id"]: m for m in RECORDED}
+            fake.on_subscribe = [orjson.dumps(m).decode() for m in latest.values()]
+            fake.connections[0].abort()
+            second = await fake.connection(1)
+            await wait_for(lambda: second.received, what="the second subscribe")
+            fresh = latest["SKL-USD"] | {"trade_id": latest["SKL-USD"]["trade_id"] + 1, "price": "0.5"}
+            await second.send(fresh)
+            await wait_for(lambda: bridge.bridge.connections[0].quotes == len(RECORDED) + len(latest) + 1)
+            async with subscribe(bridge.base, last_event_id="0") as resuming:
+                replayed = await feed_ticks(resuming, len(RECORDED) + 1)
+    assert feed.next_seq - feed.first_seq == len(RECORDED) + 1, "only the new trade was published"
+    ids = [(t["symbol"], t["trade_id"]) for t in replayed]
+    assert len(ids) == len(set(ids)) and replayed[-1]["trade_id"] == str(fresh["trade_id"])
+    assert bridge.bridge.repeats == len(latest)
 
 
 # --- Kraken -----------------------------------------------------------------------------------------
@@ -158,6 +222,36 @@ async def test_kraken_heartbeats_keep_a_quiet_link_and_silence_reconnects_it() -
         await fake.connection(1)
         assert first.closed.is_set() or await wait_for(first.closed.is_set, what="the stale link closed")
         assert bridge.bridge.connections[0].reconnects["stale"] >= 1
+
+
+async def test_a_bridge_reading_messages_it_cannot_use_says_degraded_and_why() -> None:
+    """Pointed at Kraken's v1 API, the v2 bridge's WebSocket is up and busy (status, heartbeats, trades
+    in v1's shape) but yields no price. After its stale window /health says degraded, with the reason."""
+    async with FakeKrakenV1() as fake, running_bridge(kraken_bridge(fake, stale_timeout=0.3)) as bridge:
+        await fake.connection(0)
+        await wait_for(lambda: bridge.bridge.health()["status"] == "degraded", what="degraded")
+        status, health = await get_json(f"{bridge.base}/health")
+    [conn] = health["connections"]
+    assert status == 200 and health["status"] == "degraded"
+    assert conn["state"] == "connected" and conn["connects"] == 1, "a live link: not reconnected"
+    assert conn["quotes"] == 0 and conn["unread_since_quote"] >= 10
+    assert health["reason"].startswith("connection 1: no price for ")
+    assert "messages could not be read" in health["reason"] and "unrecognised" in health["reason"]
+    assert health["malformed"]["unrecognised"] >= 1
+
+
+async def test_a_quiet_market_with_heartbeats_stays_ok() -> None:
+    """Heartbeats the adapter knows are no sign of trouble: no price for a while is a quiet market."""
+    async with FakeKraken() as fake, running_bridge(kraken_bridge(fake, stale_timeout=0.3)) as bridge:
+        conn = await fake.connection(0)
+        await wait_for(lambda: bridge.bridge.published == 2, what="the two snapshots")
+        stats = bridge.bridge.connections[0]
+        while (stats.as_dict()["last_quote_age_s"] or 0) < 0.6:  # two stale windows without a price
+            read = stats.messages
+            await conn.send(sample_text("kraken_heartbeat"))
+            await wait_for(lambda read=read: stats.messages > read, what="the heartbeat read")
+        _, health = await get_json(f"{bridge.base}/health")
+    assert health["status"] == "ok" and health["reason"] is None and stats.connects == 1
 
 
 # --- command-line settings --------------------------------------------------------------------------
