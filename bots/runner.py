@@ -1,8 +1,9 @@
 """The bot runner: follows the hub's /stream with sseclient-py and trades through POST /orders.
 
 It resumes with Last-Event-ID after any disconnect (capped, jittered backoff), and keys every
-tick on ``(source, seq)``, so a tick the hub sends again after a crash is handled once. Orders
-carry an Idempotency-Key made from the tick, so a retried POST fills once.
+tick on ``(source, seq)``, so a tick the hub sends again (after a crash, under a new id) is handled
+once; it counts those it dropped and logs the count. Orders carry an Idempotency-Key made from the
+tick, so a retried POST fills once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,33 @@ from tickhub.backoff import Backoff
 from .strategies import STRATEGIES, Strategy, is_dip, is_peak
 
 QTY_STEP = Decimal("0.0001")
+
+
+class SeenTicks:
+    """The ``(source, seq)`` of the ticks handled lately: the newest ``capacity`` of them exactly, and per
+    source the highest seq forgotten, at or below which a tick counts as handled (a bounded memory).
+
+    Exact, not a watermark: one source's ticks in a snapshot come in symbol order, not seq order.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._seen: set[tuple[str, int]] = set()
+        self._order: deque[tuple[str, int]] = deque()
+        self._forgotten: dict[str, int] = {}
+
+    def first_time(self, source: str, seq: int) -> bool:
+        """Whether ``(source, seq)`` is new; if so, it is remembered as handled."""
+        key = (source, seq)
+        if key in self._seen or seq <= self._forgotten.get(source, 0):
+            return False
+        self._seen.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            old_source, old_seq = old = self._order.popleft()
+            self._seen.discard(old)
+            self._forgotten[old_source] = max(old_seq, self._forgotten.get(old_source, 0))
+        return True
 
 
 class HubRefused(Exception):
@@ -65,9 +93,10 @@ class BotRunner:
         self.prices: dict[str, deque[Decimal]] = {}
         self.paid: dict[str, Decimal] = {}  # symbol -> average price of the lot held
         self.held: dict[str, Decimal] = {}
-        self.last_seq: dict[str, int] = {}  # source -> newest seq handled
+        self.seen = SeenTicks()
         self.last_event_id: str | None = None
-        self.handled: list[tuple[str, str, int]] = []  # (id, source, seq) of every tick handled
+        self.handled: deque[tuple[str, str, int]] = deque(maxlen=100_000)  # (id, source, seq), newest last
+        self.repeats = 0  # ticks dropped because their (source, seq) was handled already
         self.fills = 0
         self._stop = threading.Event()
 
@@ -143,9 +172,13 @@ class BotRunner:
 
     def on_tick(self, tick: dict[str, Any]) -> None:
         source, seq, symbol = tick["source"], tick["seq"], tick["symbol"]
-        if seq <= self.last_seq.get(source, 0):
-            return  # sent again after a hub crash: already handled
-        self.last_seq[source] = seq
+        if not self.seen.first_time(source, seq):
+            self.repeats += 1  # sent again (after a hub crash, under a new id): handled already
+            if self.repeats in (1, 10, 100) or self.repeats % 1000 == 0:
+                self.log.info(
+                    "dropped (%s, %s) sent again as id %s; %d repeats so far", source, seq, tick["id"], self.repeats
+                )
+            return
         self.handled.append((tick["id"], source, seq))
         prices = self.prices.setdefault(symbol, deque(maxlen=3))
         prices.append(Decimal(tick["price"]))
@@ -227,8 +260,12 @@ class BotRunner:
         me = self.account()
         return (
             f"{self.name}: final P&L: realized {me['realized_pnl']}, unrealized {me['unrealized_pnl']}; "
-            f"cash {me['cash']}, equity {me['equity']}; {self.fills} fills this run"
+            f"cash {me['cash']}, equity {me['equity']}; {self.fills} fills this run; {self.repeats_summary()}"
         )
+
+    def repeats_summary(self) -> str:
+        """How many ticks were dropped as already handled, for the exit line."""
+        return f"{self.repeats} repeated tick{'' if self.repeats == 1 else 's'} dropped"
 
 
 def run_until_signal(runner: BotRunner, install: Callable[[Callable[[], None]], None]) -> None:
@@ -242,7 +279,11 @@ def run_until_signal(runner: BotRunner, install: Callable[[Callable[[], None]], 
             runner.log.info("%s", runner.final_report())
         except (requests.RequestException, HubRefused) as exc:
             runner.log.warning(
-                "%s: no final P&L (hub unreachable: %s) after %.0fs", runner.name, exc, time.monotonic() - started
+                "%s: no final P&L (hub unreachable: %s) after %.0fs; %s",
+                runner.name,
+                exc,
+                time.monotonic() - started,
+                runner.repeats_summary(),
             )
 
 

@@ -9,11 +9,14 @@ import subprocess
 from decimal import Decimal
 
 import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 from helpers import free_port, port_open, running_hub, running_mock, spawn_hub, stop_process, wait_for
 
 from bots.runner import BotRunner
 from bots.strategies import hamster, investor
+from sources.feed import start_site
 from tickhub.config import Settings
 from tickhub.sequencer import RUN_SPAN
 
@@ -130,3 +133,80 @@ async def test_bot_handles_each_tick_once_when_the_hub_is_killed(settings: Setti
         finally:
             stop_process(proc)
     check_handled_once_in_order(runner)
+
+
+def hub_tick(id: int, symbol: str, price: str, seq: int, source: str = "mock") -> dict[str, object]:
+    return {
+        "id": str(id),
+        "source": source,
+        "symbol": symbol,
+        "price": price,
+        "ts": "2026-11-23T19:00:00.000000Z",
+        "seq": seq,
+    }
+
+
+async def run_against(frames: list[bytes], handled: int) -> tuple[BotRunner, list[list[Decimal]]]:
+    """A bot runner against a stand-in hub that sends ``frames`` then heartbeats; stopped once it has
+    handled ``handled`` ticks. Returns the runner and the price windows its strategy was called with."""
+    calls: list[list[Decimal]] = []
+
+    def strategy(prices, paid):  # type: ignore[no-untyped-def]
+        calls.append(list(prices))
+        return None
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        while True:
+            await response.write(b": ping\n\n")
+            await asyncio.sleep(0.05)  # the stand-in's heartbeat pace
+
+    async def me(request: web.Request) -> web.Response:
+        body = {"positions": [], "realized_pnl": "0", "unrealized_pnl": "0", "cash": "100", "equity": "100"}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/accounts/me", me)
+    runner_site, port = await start_site(app)
+    bot = BotRunner("investor", strategy, f"http://127.0.0.1:{port}", "key", (), log=logging.getLogger("test.bot"))
+    done = asyncio.ensure_future(asyncio.to_thread(bot.run))
+    try:
+        await wait_for(lambda: len(bot.handled) >= handled or done.done(), 10, f"{handled} ticks handled")
+        bot.stop()
+        await asyncio.wait_for(done, 10)
+        bot.report = await asyncio.to_thread(bot.final_report)  # type: ignore[attr-defined]
+    finally:
+        bot.stop()
+        await runner_site.cleanup()
+    return bot, calls
+
+
+def sse(event: str, data: object, id: int) -> bytes:
+    return b"id: %d\nevent: %b\ndata: %b\n\n" % (id, event.encode(), orjson.dumps(data))
+
+
+async def test_the_runner_acts_once_on_a_tick_sent_again_under_a_new_id_and_counts_it() -> None:
+    frames = [
+        sse("tick", hub_tick(11, "BTCUSD", "10", 101), 11),
+        sse("tick", hub_tick(12, "BTCUSD", "9", 102), 12),
+        sse("tick", hub_tick(13, "BTCUSD", "9", 102), 13),  # (mock, 102) again, as after a hub crash
+        sse("tick", hub_tick(14, "BTCUSD", "11", 103), 14),
+    ]
+    bot, calls = await run_against(frames, handled=3)
+    assert calls == [p("10"), p("10", "9"), p("10", "9", "11")], "the repeat reached no strategy"
+    assert [seq for _, _, seq in bot.handled] == [101, 102, 103]
+    assert bot.repeats == 1
+    assert "1 repeated tick dropped" in bot.report  # type: ignore[attr-defined]
+
+
+async def test_a_snapshot_lists_symbols_out_of_seq_order_and_the_runner_handles_each() -> None:
+    """A snapshot is ordered by symbol: one source's ticks in it need not be in seq order."""
+    snapshot = {"ticks": [hub_tick(5, "BTCUSD", "10", 105), hub_tick(3, "META", "20", 103)]}
+    frames = [sse("snapshot", snapshot, 5), sse("tick", hub_tick(6, "META", "21", 106), 6)]
+    bot, calls = await run_against(frames, handled=3)
+    assert [seq for _, _, seq in bot.handled] == [105, 103, 106]
+    assert calls == [p("10"), p("20"), p("20", "21")] and bot.repeats == 0
