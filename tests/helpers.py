@@ -44,6 +44,11 @@ def delivered(hub: Hub) -> bool:
     return issued is None or (hub.market.last_id or 0) >= issued
 
 
+def written(hub: Hub) -> bool:
+    """Everything the hub sequenced is delivered and in PostgreSQL."""
+    return delivered(hub) and hub.writer.persisted_id >= (hub.market.last_id or 0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

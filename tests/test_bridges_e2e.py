@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 from fake_exchanges import FakeBinance, FakeCoinbase, FakeExchange, FakeKraken
-from helpers import delivered, get_json, running_bridge, running_hub, subscribe, wait_for
+from helpers import delivered, get_json, running_bridge, running_hub, subscribe, wait_for, written
 from test_binance import TRADE_MS, binance_settings
 from test_coinbase_kraken import coinbase_bridge, kraken_bridge
 
@@ -51,7 +51,7 @@ async def through_the_hub(
                 await stream.next_event("snapshot")
                 await push()
                 ticks = await stream.ticks(len(expected))
-            await wait_for(lambda: delivered(hub.hub) and hub.hub.writer.persisted_id >= (hub.hub.market.last_id or 0), what="the writer")
+            await wait_for(lambda: written(hub.hub), what="the writer")
             assert sum(client.stats.rejects.values()) == 0
     assert [(t["symbol"], t["price"], t["ts"]) for t in ticks] == expected
     assert all(t["source"] == source for t in ticks)
@@ -91,7 +91,7 @@ async def test_exchange_trade_ids_reach_subscribers_postgresql_and_history_exact
                     for n, trade_id in enumerate(trade_ids):
                         await conn.send(fake.trade("BTCUSDT", f"4321{n}.50000000", TRADE_MS + n, trade_id))
                     ticks = await stream.ticks(2)
-                await wait_for(lambda: delivered(hub.hub) and hub.hub.writer.persisted_id >= (hub.hub.market.last_id or 0), what="the writer")
+                await wait_for(lambda: written(hub.hub), what="the writer")
                 status, history = await get_json(f"{hub.url}/prices/BINANCE:BTCUSDT/history")
             stored = await stored_trade_ids(settings)
     expected = [str(t) for t in trade_ids]

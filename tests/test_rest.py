@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import aiohttp
 import orjson
-from helpers import delivered, get_json, running_hub, scripted_source, wait_for
+from helpers import get_json, running_hub, scripted_source, wait_for, written
 
 from tickhub.config import Settings
 
@@ -29,7 +29,7 @@ KNOWN = [
 async def test_prices_symbols_and_history_from_known_ticks(settings: Settings) -> None:
     async with scripted_source(KNOWN) as (url, _), running_hub(settings.replace(sources=(("venue", url),))) as hub:
         await wait_for(lambda: hub.hub.sequencer.last_seq("venue") == 5, what="the ticks")
-        await wait_for(lambda: delivered(hub.hub) and hub.hub.writer.persisted_id >= (hub.hub.market.last_id or 0), what="the writer")
+        await wait_for(lambda: written(hub.hub), what="the writer")
         base = hub.url
 
         status, body = await get_json(f"{base}/prices")
@@ -105,7 +105,7 @@ async def test_ping_and_health(settings: Settings) -> None:
 async def test_times_at_the_ends_of_the_calendar_and_huge_integers_are_answered(settings: Settings) -> None:
     async with scripted_source(KNOWN) as (url, _), running_hub(settings.replace(sources=(("venue", url),))) as hub:
         await wait_for(lambda: hub.hub.sequencer.last_seq("venue") == 5, what="the ticks")
-        await wait_for(lambda: delivered(hub.hub) and hub.hub.writer.persisted_id >= (hub.hub.market.last_id or 0), what="the writer")
+        await wait_for(lambda: written(hub.hub), what="the writer")
         key = await hub.hub.accounts.create("alice", Decimal(1))
         auth = {"Authorization": f"Bearer {key}"}
         huge = "9" * 5000
