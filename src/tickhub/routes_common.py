@@ -18,6 +18,27 @@ def hub_of(request: Request) -> Hub:
     return request.app.state.hub
 
 
+async def bearer_account(request: Request, required: bool = True) -> int | None:
+    """The account of the request's ``Authorization: Bearer`` key. No header: None, or a 401 when
+    ``required``. A header that is not a valid key is always a 401 (never taken for anonymous)."""
+    header = request.headers.get("authorization")
+    account_id = None
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            account_id = await hub_of(request).accounts.authenticate(token.strip())
+    if account_id is None and (required or header is not None):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>"
+            if required
+            else "the API key is not valid: send a valid Authorization: Bearer <key>, or none",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return account_id
+
+
 UNIX_SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 LARGEST = 1 << 62  # the largest count or offset a parameter takes: inside int64, and int() of it is cheap
 INT64_MAX = (1 << 63) - 1  # the largest id (PostgreSQL bigint)

@@ -14,7 +14,7 @@ from .accounts import OrderRejected
 from .errors import ApiError
 from .http import read_exact_json
 from .responses import JSONResponse
-from .routes_common import INT64_MAX, hub_of, parse_int, parse_limit
+from .routes_common import INT64_MAX, bearer_account, hub_of, parse_int, parse_limit
 from .wire import SYMBOL_RE
 
 MAX_QTY = Decimal(10) ** 12
@@ -24,17 +24,8 @@ QTY_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 async def authenticate(request: Request) -> int:
     """The account of the request's ``Authorization: Bearer`` key; 401 without a valid one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    account_id = None
-    if scheme.lower() == "bearer" and token.strip():
-        account_id = await hub_of(request).accounts.authenticate(token.strip())
-    if account_id is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid API key is required: Authorization: Bearer <key>",
-            {"WWW-Authenticate": "Bearer"},
-        )
+    account_id = await bearer_account(request)
+    assert account_id is not None
     return account_id
 
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from .errors import ApiError
 from .http import ClientGone, read_json, unless_disconnected
 from .responses import JSONResponse
-from .routes_common import hub_of, parse_int, parse_limit
+from .routes_common import bearer_account, hub_of, parse_int, parse_limit
 from .tasks import ClientBound, QueueFull, TooManyTasks
 
 if TYPE_CHECKING:
@@ -64,20 +64,9 @@ def _task_fields(body: dict[str, Any], timeout_max: float) -> tuple[int, float]:
 
 async def _task_client(request: Request) -> str:
     """Who submits: the account of a valid bearer key; without one, the address. A bad key is a 401."""
-    header = request.headers.get("authorization")
-    if header is None:
-        return f"address:{request.client.host if request.client else '-'}"
-    scheme, _, token = header.partition(" ")
-    account_id = None
-    if scheme.lower() == "bearer" and token.strip():
-        account_id = await hub_of(request).accounts.authenticate(token.strip())
+    account_id = await bearer_account(request, required=False)
     if account_id is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "the API key is not valid: send a valid Authorization: Bearer <key>, or none",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        return f"address:{request.client.host if request.client else '-'}"
     return f"account:{account_id}"
 
 
