@@ -190,6 +190,7 @@ class Hub:
             reconnect_max=s.reconnect_max,
             max_line=s.source_max_line,
             rooms=rooms,
+            reserved=frozenset(self.composite.books),  # a source cannot speak for an instrument
         )
         self.ingest.start()
         log.info("hub run %d ingesting %d sources", run, len(s.sources))

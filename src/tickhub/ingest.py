@@ -30,6 +30,10 @@ log = logging.getLogger("tickhub.ingest")
 
 #: Bytes of a source's stream handled in one turn of the event loop (about 300 ticks).
 READ_CHUNK = 65536
+#: How far a seq may be ahead of the current time in microseconds. Sources count from the time in µs
+#: or from 1, so a seq beyond it is a glitch: accepted, every later seq of its source would be dropped
+#: as a replay, across restarts too.
+SEQ_AHEAD = 86_400 * 10**6
 
 
 class SourceStats:
@@ -101,8 +105,12 @@ class SourceClient:
         reconnect_max: float,
         max_line: int,
         rooms: tuple[asyncio.Event, ...] = (),
+        reserved: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
+        #: Symbols no source may publish: the hub's own (its instruments' composites).
+        self.reserved = reserved
+        self.stale_timeout = stale_timeout
         self.rooms = rooms
         self.url = url
         self.sequencer = sequencer
@@ -113,6 +121,9 @@ class SourceClient:
         self.max_line = max_line
         self._connection_max_seq = 0
         self._last_seq = 0
+        self._seq_ceiling = 0  # no seq above it: the time in µs plus SEQ_AHEAD, renewed every chunk
+        self._connection_accepted = 0
+        self._connection_duplicates = 0
 
     async def run(self) -> None:
         stats = self.stats
@@ -156,11 +167,13 @@ class SourceClient:
             stats.connected_at = stats.last_event_at = time.time()
             log.info("source %s connected (resuming after seq %s)", self.name, last_seq or "-")
             parser = SSEParser(max_line=self.max_line, ticks=True)
-            self._connection_max_seq = 0
+            self._connection_max_seq = self._connection_accepted = self._connection_duplicates = 0
             self._last_seq = self.sequencer.last_seq(self.name)
             on_tick, rooms = self._on_tick, self.rooms
+            connected = time.monotonic()
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 stats.last_event_at = time.time()
+                self._seq_ceiling = time.time_ns() // 1000 + SEQ_AHEAD
                 oversized, accepted = parser.oversized, stats.accepted
                 for item in parser.feed(chunk):
                     if type(item) is SourceTick:  # the canonical tick frame, validated by the parser
@@ -173,6 +186,11 @@ class SourceClient:
                 if parser.oversized != oversized:
                     for _ in range(parser.oversized - oversized):
                         self._reject("oversized", f"an SSE line or event above {self.max_line} bytes")
+                if self._connection_accepted or not self._connection_duplicates:
+                    if stats.state == "behind":
+                        stats.state, stats.last_error = "connected", None
+                elif stats.state == "connected" and time.monotonic() - connected > self.stale_timeout:
+                    self._behind()
                 if not all(room.is_set() for room in rooms):
                     for room in rooms:
                         await room.wait()  # the hub is behind: the source holds the ticks meanwhile
@@ -192,17 +210,37 @@ class SourceClient:
 
     def _on_tick(self, tick: SourceTick) -> None:
         stats = self.stats
+        if tick.seq > self._seq_ceiling:  # accepted, it would make every later seq of the source a "replay"
+            self._reject("seq_ahead", f"seq {tick.seq} is more than a day ahead of the time in microseconds")
+            return
+        if tick.symbol in self.reserved:
+            self._reject("reserved_symbol", f"{tick.symbol} is the hub's own (an instrument's composite)")
+            return
         if self.sequencer.accept(self.name, tick) is None:
             if tick.seq < self._connection_max_seq:  # lower than one this connection already sent
                 self._reject("seq_backwards", f"seq {tick.seq} after {self._connection_max_seq}")
             else:  # a replay of what an earlier connection delivered
                 stats.duplicates += 1
+                self._connection_duplicates += 1
             return
+        self._connection_accepted += 1
         if tick.seq != self._last_seq + 1 and self._last_seq:
             stats.gaps += 1
         self._last_seq = self._connection_max_seq = tick.seq
         stats.accepted += 1
         stats.last_tick = tick  # its lag is worked out when someone asks, not per tick
+
+    def _behind(self) -> None:
+        """This connection brought only seqs at or below the newest accepted, for longer than the stale
+        timeout: a source restarted on a clock that is behind, or whose seqs went back. Dropped as
+        replays they would be silent; the source is reported instead (it recovers on its first new seq)."""
+        stats = self.stats
+        stats.state = "behind"
+        stats.last_error = (
+            f"every event of this connection ({self._connection_duplicates} so far) is at or below seq "
+            f"{self.sequencer.last_seq(self.name)}, already accepted: are the source's seqs going back?"
+        )
+        log.warning("source %s: %s", self.name, stats.last_error)
 
     def _reject(self, reason: str, detail: str) -> None:
         count = self.stats.rejects[reason] = self.stats.rejects[reason] + 1
