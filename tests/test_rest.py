@@ -148,3 +148,27 @@ async def test_times_at_the_ends_of_the_calendar_and_huge_integers_are_answered(
         assert status == 200 and len(body["ticks"]) == 4, "from the first instant of year 1: everything"
         status, body = await get_json(f"{hub.url}/tasks/{2**63 - 1}")
         assert (status, body["error"]["code"]) == (404, "unknown_task"), "an unknown id in range stays 404"
+
+
+async def test_history_pages_through_ticks_that_share_a_timestamp(settings: Settings) -> None:
+    """Trade times tie (milliseconds, or one burst): ``since`` alone cannot page past a tie; ``after_id``,
+    the last tick's id, can."""
+    same = "2026-12-02T10:00:00.000000Z"
+    frames = [tick_event(seq, "TIE", f"{seq}.00", same) for seq in range(1, 31)]
+    async with scripted_source(frames) as (url, _), running_hub(settings.replace(sources=(("venue", url),))) as hub:
+        await wait_for(lambda: hub.hub.sequencer.last_seq("venue") == 30, what="the ticks")
+        await wait_for(lambda: written(hub.hub), what="the writer")
+        pages, after = [], None
+        for _ in range(5):  # three pages, then an empty one; more is a loop that never ends
+            query = f"limit=10&after_id={after}" if after else f"limit=10&since={same}"
+            status, body = await get_json(f"{hub.url}/prices/TIE/history?{query}")
+            assert status == 200, body
+            if not body["ticks"]:
+                break
+            pages.append([t["seq"] for t in body["ticks"]])
+            after = body["ticks"][-1]["id"]
+        status, body = await get_json(f"{hub.url}/prices/TIE/history?after_id=123&since={same}")
+        assert status == 400 and body["error"]["code"] == "bad_parameter"
+        status, body = await get_json(f"{hub.url}/prices/TIE/history?after_id=99")
+        assert status == 400 and body["error"]["code"] == "bad_parameter"
+    assert pages == [list(range(1, 11)), list(range(11, 21)), list(range(21, 31))]

@@ -433,6 +433,12 @@ def build_openapi() -> dict[str, Any]:
                     SYMBOL_PATH,
                     _query("since", "From this time (inclusive).", TIME_PARAM),
                     _query("until", "To this time (exclusive).", TIME_PARAM),
+                    _query(
+                        "after_id",
+                        "The ticks after this one (the last of the previous page), in time then id order; "
+                        "not with since.",
+                        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    ),
                     limit,
                 ],
             )

@@ -12,7 +12,7 @@ from . import pages, trading, work
 from .errors import ApiError
 from .metrics import CONTENT_TYPE
 from .responses import JSONResponse, raw_json
-from .routes_common import EARLIEST, hub_of, parse_limit, parse_time
+from .routes_common import EARLIEST, INT64_MAX, hub_of, parse_int, parse_limit, parse_time
 from .stream import stream_endpoint
 from .wire import SYMBOL_RE, format_ts
 
@@ -88,7 +88,17 @@ async def history(request: Request) -> Response:
     if since is not None and until is not None and since >= until:
         raise ApiError(400, "bad_parameter", "since must be before until")
     limit = parse_limit(query.get("limit"), DEFAULT_HISTORY_LIMIT, hub.settings.history_limit)
-    ticks = await hub.store.history(symbol, since, until, limit)
+    raw_after = query.get("after_id")
+    if raw_after is None:
+        ticks = await hub.store.history(symbol, since, until, limit)
+    else:  # a page after the last tick of the previous one: ticks that share a time are not skipped
+        if since is not None:
+            raise ApiError(400, "bad_parameter", "give since or after_id, not both")
+        after_id = parse_int("after_id", raw_after, 1, INT64_MAX)
+        found = await hub.store.history_after(symbol, after_id, until, limit)
+        if found is None:
+            raise ApiError(400, "bad_parameter", f"after_id {after_id} is not a stored tick of {symbol}")
+        ticks = found
     body = b'{"symbol":"%b","ticks":[%b]}' % (symbol.encode(), b",".join(t.json for t in ticks))
     return raw_json(body)
 

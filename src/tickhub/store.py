@@ -55,6 +55,8 @@ SQL_COUNT_AFTER_SYMBOLS = (
     "SELECT count(*) FROM (SELECT 1 FROM ticks WHERE id > $1 AND id < $2 AND symbol = ANY($3::text[]) LIMIT $4) AS t"
 )
 SQL_HISTORY_FORWARD = _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3 ORDER BY ts, id LIMIT $4"
+SQL_TICK_TS = "SELECT ts FROM ticks WHERE id = $1 AND symbol = $2"
+SQL_HISTORY_AFTER = _SELECT_TICK + " WHERE symbol = $1 AND (ts, id) > ($2, $3) AND ts < $4 ORDER BY ts, id LIMIT $5"
 SQL_HISTORY_NEWEST = (
     "SELECT * FROM (" + _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3"
     " ORDER BY ts DESC, id DESC LIMIT $4) AS t ORDER BY ts, id"
@@ -348,6 +350,17 @@ class Store:
         query = SQL_HISTORY_FORWARD if since is not None else SQL_HISTORY_NEWEST
         with unavailable_as_error():
             rows = await self.pool.fetch(query, symbol, since or TIME_MIN, until or TIME_MAX, limit)
+        return [_tick(r) for r in rows]
+
+    async def history_after(self, symbol: str, after_id: int, until: datetime | None, limit: int) -> list[Tick] | None:
+        """The first ``limit`` ticks of one symbol after the tick ``after_id`` in (time, id) order, before
+        ``until``; None if ``after_id`` is not a stored tick of ``symbol``."""
+        with unavailable_as_error():
+            async with self.pool.acquire() as conn:
+                ts = await conn.fetchval(SQL_TICK_TS, after_id, symbol)
+                if ts is None:
+                    return None
+                rows = await conn.fetch(SQL_HISTORY_AFTER, symbol, ts, after_id, until or TIME_MAX, limit)
         return [_tick(r) for r in rows]
 
     async def candles(
