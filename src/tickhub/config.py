@@ -7,6 +7,7 @@ table are generated from it (``tickhub settings --template``) and a test keeps t
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -110,6 +111,18 @@ def _origins(raw: str) -> tuple[str, ...]:
         if origin != "*" and not re.match(r"^https?://[^\s/]+$", origin):
             raise ValueError(f"expected origins such as https://example.com or *, got {origin!r}")
     return origins
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    addresses = tuple(a.strip() for a in raw.split(",") if a.strip())
+    for address in (a for a in addresses if a != "*"):
+        try:
+            ipaddress.ip_network(address)  # uvicorn would take a mistyped one as a name that never matches
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or networks such as 10.0.0.5 or 10.0.0.0/8, got {address!r}"
+            ) from None
+    return ("*",) if "*" in addresses else addresses  # uvicorn honours * only alone
 
 
 def _bool(raw: str) -> bool:
@@ -227,6 +240,19 @@ SETTINGS: tuple[Setting, ...] = (
         _positive(float),
         5.0,
         "Seconds a connection may take to send a whole request head, from its opening or its previous response.",
+    ),
+    Setting(
+        "body_timeout",
+        _positive(float),
+        10.0,
+        "Seconds a request may take to send its whole body once its head is in; slower ones get 408 and are closed.",
+    ),
+    Setting(
+        "forwarded_allow_ips",
+        _addresses,
+        (),
+        "Reverse proxies whose X-Forwarded-For/-Proto are trusted, comma-separated IPs or networks (* for any);"
+        " empty: a client is its connection's address.",
     ),
     Setting(
         "limit_concurrency",
@@ -381,6 +407,8 @@ class Settings:
     max_symbols: int = 100
     max_streams_per_client: int = 500
     header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    forwarded_allow_ips: tuple[str, ...] = ()
     limit_concurrency: int | None = None
     cors_origins: tuple[str, ...] = ()
     replay_limit: int = 100000

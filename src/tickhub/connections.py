@@ -1,10 +1,12 @@
-"""The hub's client connections: dropping a stalled one at once, closing those that never send a request,
-the process's open-files limit, and a cap on open connections.
+"""The hub's client connections: dropping a stalled one at once, closing those that never send a request
+or never finish its body, JSON for malformed requests, the process's open-files limit, and a cap on open
+connections.
 
 uvicorn's ``timeout_keep_alive`` starts only after a response and stops at the first byte received, so
-a connection that sends nothing, or half a request head, is held forever: enough of them exhaust the
-process's file descriptors and every new client, ``/ping`` included, is refused. Its HTTP protocol is
-subclassed here to close such connections after ``TICKHUB_HEADER_TIMEOUT``.
+a connection that sends nothing, half a request head, or a head and half a body, is held forever: enough
+of them exhaust the process's file descriptors and every new client, ``/ping`` included, is refused. Its
+HTTP protocol is subclassed here to close such connections after ``TICKHUB_HEADER_TIMEOUT`` and
+``TICKHUB_BODY_TIMEOUT``, and to answer a request its parser refuses in JSON like every other error.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -168,17 +172,120 @@ class HeaderTimeout:
             )
 
 
-def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools where installed, else h11) with the header timeout, and a
-    warning when open connections near the open-files limit in force now."""
+def closing_json_error(status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 JSON error response that ends the connection, for answers the protocol writes
+    itself (no ASGI app behind them): the same body as ``errors.error_response``."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    head += [name + b": " + value for name, value in default_headers]
+    head += [b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def answer_and_close(protocol: Any, status: int, code: str, message: str) -> None:
+    """End a connection of uvicorn's HTTP ``protocol`` with a JSON error, written unless a response is
+    under way there (its middle is no place for another); the request being served, if any, sees a
+    disconnect and whatever its app still sends is dropped."""
+    cycle = protocol.cycle
+    busy = bool(getattr(protocol, "pipeline", None))  # httptools: an earlier request is still being answered
+    if cycle is not None and not cycle.response_complete:
+        busy = busy or cycle.response_started
+        cycle.disconnected = True
+        cycle.message_event.set()
+    if not busy:
+        protocol.transport.write(closing_json_error(status, code, message, protocol.server_state.default_headers))
+    protocol.transport.close()
+
+
+class BodyTimeout:
+    """Mixed into uvicorn's HTTP protocol: once a request head is in, its whole body must follow within
+    ``body_timeout`` seconds, or the request is answered 408 and the connection closed.
+
+    Timed is the client, not the app: nothing is awaited from a request whose response has started, or
+    one queued behind a pipelined request, and the clock restarts while the hub itself stopped reading.
+    """
+
+    body_timeout: float = 10.0
+    _body_timer: asyncio.TimerHandle | None = None
+    _timed_cycle: Any = None
+
+    # Attributes of uvicorn's protocol this relies on.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+    flow: Any
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self._watch_body()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._watch_body()  # a pipelined request starts now; its body is awaited from here
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_body_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _awaited_body(self) -> Any:
+        """The request cycle whose body the client still owes, or None."""
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_started or cycle.disconnected:
+            return None
+        return None if getattr(self, "pipeline", None) else cycle  # httptools: queued behind another request
+
+    def _watch_body(self) -> None:
+        cycle = self._awaited_body()
+        if cycle is None:
+            self._stop_body_timer()
+        elif cycle is not self._timed_cycle or self._body_timer is None:
+            self._start_body_timer(cycle)
+
+    def _start_body_timer(self, cycle: Any) -> None:
+        self._stop_body_timer()
+        self._timed_cycle = cycle
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._timed_cycle = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self._awaited_body()
+        if cycle is None or cycle is not self._timed_cycle or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the app has not taken what came: the client is not the one waiting
+            self._start_body_timer(cycle)
+            return
+        log.debug("answering 408 to a request whose body did not arrive in %.1fs", self.body_timeout)
+        message = f"the request body did not arrive within {self.body_timeout:g}s of its head"
+        answer_and_close(self, 408, "body_timeout", message)
+
+
+class JSONBadRequest:
+    """Mixed into uvicorn's HTTP protocol: a request its parser refuses (bytes that are not HTTP/1.1, a
+    body framed two ways, a control character in a header, an unknown method) is answered with a JSON
+    400 like every other error, instead of uvicorn's plain text, and the connection is closed."""
+
+    def send_400_response(self, msg: str) -> None:
+        answer_and_close(self, 400, "bad_request", "the request is not valid HTTP/1.1")
+
+
+def http_protocol(header_timeout: float, body_timeout: float = 10.0) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with the header and body timeouts,
+    JSON for malformed requests, and a warning when open connections near the open-files limit in force now."""
     limit = open_files_limit()
     attributes = {
         "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
         "fd_limit": limit,
         "warn_connections": None if limit is None else int(limit * FD_WARNING_SHARE),
         "_warned_at": float("-inf"),
     }
-    return type("HubHTTPProtocol", (HeaderTimeout, AutoHTTPProtocol), attributes)
+    return type("HubHTTPProtocol", (JSONBadRequest, BodyTimeout, HeaderTimeout, AutoHTTPProtocol), attributes)
 
 
 class ConnectionLimit:
@@ -198,4 +305,24 @@ class ConnectionLimit:
             )
             await response(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+class SingleBodyFraming:
+    """ASGI wrapper: a request framed both by Content-Length and by Transfer-Encoding is refused with a JSON
+    400 and its connection closed. A proxy in front may have read the body the other way (request
+    smuggling); RFC 9112 lets a server refuse it and requires the connection closed either way. httptools
+    refuses it while parsing; h11 would follow Transfer-Encoding and keep the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                message = "a request body framed both by Content-Length and Transfer-Encoding"
+                response = error_response(400, "bad_request", message, {"Connection": "close"})
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .responses import JSONResponse
@@ -51,6 +51,13 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left before its request was read: not a failure. The answer goes nowhere (uvicorn drops
+    what is sent to a closed connection) and the app returns normally, so nothing is logged as an error."""
+    log.debug("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal", "internal error")
@@ -60,6 +67,7 @@ EXCEPTION_HANDLERS = {
     ApiError: api_error,
     HTTPException: http_error,
     StoreUnavailable: store_unavailable,
+    ClientDisconnect: client_gone,
     Exception: internal_error,
 }
 

@@ -10,7 +10,7 @@ import uvicorn
 
 from .app import HubApp, create_app
 from .config import Settings
-from .connections import ConnectionLimit, http_protocol
+from .connections import ConnectionLimit, SingleBodyFraming, http_protocol
 
 
 class HubServer(uvicorn.Server):
@@ -69,7 +69,9 @@ def listen_socket(settings: Settings) -> socket.socket:
 
 def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
     """The hub's app under uvicorn: connections without a whole request head within
-    ``TICKHUB_HEADER_TIMEOUT`` are closed, and past ``TICKHUB_LIMIT_CONCURRENCY`` requests get 503."""
+    ``TICKHUB_HEADER_TIMEOUT`` are closed, bodies slower than ``TICKHUB_BODY_TIMEOUT`` get 408, and past
+    ``TICKHUB_LIMIT_CONCURRENCY`` requests get 503. A client is its connection's address unless that
+    address is a proxy named in ``TICKHUB_FORWARDED_ALLOW_IPS``, whose X-Forwarded-For then names it."""
     app = create_app(settings)
     options: dict[str, object] = {
         "host": settings.host,
@@ -79,13 +81,18 @@ def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
         "lifespan": "on",
         "timeout_graceful_shutdown": int(max(1, settings.shutdown_timeout)),
         "log_config": None,
-        "http": http_protocol(settings.header_timeout),
+        "http": http_protocol(settings.header_timeout, settings.body_timeout),
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: any local client could then pick its
+        # own address and slip the per-client bounds. Only configured proxies are believed.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips) or None,
         # An idle keep-alive connection is one waiting for its next head: the same bound.
         "timeout_keep_alive": settings.header_timeout,
     }
     options.update(uvicorn_options)
-    limiter = None if settings.limit_concurrency is None else ConnectionLimit(app, settings.limit_concurrency)
-    server = HubServer(uvicorn.Config(limiter or app, **options), app)  # type: ignore[arg-type]
+    framed = SingleBodyFraming(app)
+    limiter = None if settings.limit_concurrency is None else ConnectionLimit(framed, settings.limit_concurrency)
+    server = HubServer(uvicorn.Config(limiter or framed, **options), app)  # type: ignore[arg-type]
     if limiter is not None:
         limiter.connections = server.server_state.connections
     return server
