@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from .config import Settings
+from .connections import framed_twice, refuse_framed_twice
 from .errors import EXCEPTION_HANDLERS
 from .hub import Hub
 from .routes import ROUTES
@@ -37,6 +38,11 @@ class HubApp:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Checked here, not in a wrapper of its own: an ASGI layer's frame lives as long as each stream
+        # (10,000 idle subscribers paid 1.4 KiB each for one).
+        if scope["type"] == "http" and framed_twice(scope):
+            await refuse_framed_twice(scope, receive, send)
+            return
         if self.fast_stream and scope["type"] == "http" and scope["path"] == "/stream" and scope["method"] == "GET":
             scope["app"] = self.app
             await serve_stream(scope, receive, send)

@@ -10,7 +10,7 @@ import uvicorn
 
 from .app import HubApp, create_app
 from .config import Settings
-from .connections import ConnectionLimit, SingleBodyFraming, http_protocol
+from .connections import ConnectionLimit, http_protocol
 
 
 class HubServer(uvicorn.Server):
@@ -90,9 +90,8 @@ def build_server(settings: Settings, **uvicorn_options: object) -> HubServer:
         "timeout_keep_alive": settings.header_timeout,
     }
     options.update(uvicorn_options)
-    framed = SingleBodyFraming(app)
-    limiter = None if settings.limit_concurrency is None else ConnectionLimit(framed, settings.limit_concurrency)
-    server = HubServer(uvicorn.Config(limiter or framed, **options), app)  # type: ignore[arg-type]
+    limiter = None if settings.limit_concurrency is None else ConnectionLimit(app, settings.limit_concurrency)
+    server = HubServer(uvicorn.Config(limiter or app, **options), app)  # type: ignore[arg-type]
     if limiter is not None:
         limiter.connections = server.server_state.connections
     return server
