@@ -165,7 +165,14 @@ async def run_against(frames: list[bytes], handled: int) -> tuple[BotRunner, lis
             await asyncio.sleep(0.05)  # the stand-in's heartbeat pace
 
     async def me(request: web.Request) -> web.Response:
-        body = {"positions": [], "realized_pnl": "0", "unrealized_pnl": "0", "cash": "100", "equity": "100"}
+        body = {
+            "account": {"id": 1, "name": "investor", "created_at": "2026-11-23T19:00:00.000000Z"},
+            "positions": [],
+            "realized_pnl": "0",
+            "unrealized_pnl": "0",
+            "cash": "100",
+            "equity": "100",
+        }
         return web.json_response(body)
 
     app = web.Application()

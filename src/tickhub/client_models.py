@@ -1,0 +1,237 @@
+"""What the public client hands its caller: ticks, snapshots, orders, accounts, candles and one error class.
+
+Amounts are :class:`~decimal.Decimal` (never a float that rounds); a tick also keeps its price as the
+exact text the hub sent. Each object keeps the JSON it was read from in ``raw``, so a field the hub adds
+later is not lost to an older client.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from .wire import TICK_FIELDS, parse_ts
+
+
+class HubError(Exception):
+    """Anything the hub refused or could not be asked: its JSON error's ``code`` and ``message`` with the
+    HTTP ``status``; ``status`` is None when the hub could not be reached (``code`` ``"unreachable"``)."""
+
+    def __init__(self, status: int | None, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status if status is not None else 'no answer'} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        #: The answer's ``Retry-After``, in seconds, when it had one (429, 503).
+        self.retry_after = retry_after
+
+
+def decimal_text(value: Decimal | int | str) -> str:
+    """An exact amount as the plain decimal string the hub reads (``Decimal("1E-7")`` → ``"0.0000001"``).
+
+    A float is refused: it has already lost digits (``0.1`` is not one tenth).
+    """
+    if isinstance(value, float) or isinstance(value, bool):
+        raise TypeError("amounts are exact: pass a Decimal, an int or a decimal string, not a float")
+    return format(Decimal(value), "f")
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One price from the hub's stream: ``price`` as a Decimal, ``price_text`` the exact string sent."""
+
+    id: str
+    source: str
+    symbol: str
+    price: Decimal
+    price_text: str
+    ts: str
+    seq: int
+    #: Fields beyond the six every tick has: ``trade_id``, ``qty``, ``side``, ``bid`` … (as sent).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Tick:
+        """The tick of one decoded JSON object as the hub sends it."""
+        return cls(
+            id=str(obj["id"]),
+            source=obj["source"],
+            symbol=obj["symbol"],
+            price=Decimal(obj["price"]),
+            price_text=obj["price"],
+            ts=obj["ts"],
+            seq=int(obj["seq"]),
+            extra={k: v for k, v in obj.items() if k not in TICK_FIELDS},
+            raw=obj,
+        )
+
+    @property
+    def time(self) -> datetime:
+        """``ts`` as an aware UTC datetime."""
+        return parse_ts(self.ts)
+
+    @property
+    def trade_id(self) -> str | None:
+        """The exchange's own trade id, when the source has one."""
+        return self.extra.get("trade_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The latest tick of each subscribed symbol: sent when a subscription starts, and again whenever the
+    hub cannot resume it (``resync`` then names why: ``too_old``, ``slow_consumer`` …). Ticks after the
+    snapshot follow it; what happened between the last tick seen and the snapshot is not replayed."""
+
+    id: str | None
+    ticks: tuple[Tick, ...]
+    #: The snapshot's ticks this subscription had not handled before (a subset of ``ticks``).
+    new: tuple[Tick, ...]
+    #: Why the hub could not resume (the ``resync`` event's reason), or None for a new subscription.
+    resync: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One bucket of a symbol's prices."""
+
+    start: str
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    count: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Candle:
+        return cls(
+            obj["start"],
+            Decimal(obj["open"]),
+            Decimal(obj["high"]),
+            Decimal(obj["low"]),
+            Decimal(obj["close"]),
+            obj["count"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A filled market order. ``replayed``: the answer to a retried POST, the same order as the first."""
+
+    id: int
+    symbol: str
+    side: str
+    qty: Decimal
+    price: Decimal
+    amount: Decimal
+    realized: Decimal
+    cash_after: Decimal
+    tick_id: str
+    tick_ts: str
+    filled_at: str
+    replayed: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], replayed: bool = False) -> Order:
+        amounts = {name: Decimal(obj[name]) for name in ("qty", "price", "amount", "realized", "cash_after")}
+        return cls(
+            id=obj["id"],
+            symbol=obj["symbol"],
+            side=obj["side"],
+            tick_id=obj["tick_id"],
+            tick_ts=obj["tick_ts"],
+            filled_at=obj["filled_at"],
+            replayed=replayed,
+            raw=obj,
+            **amounts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """What the account holds of one symbol; the values are None while the symbol has no price."""
+
+    symbol: str
+    qty: Decimal
+    avg_cost: Decimal | None
+    cost_basis: Decimal
+    price: Decimal | None
+    market_value: Decimal | None
+    unrealized_pnl: Decimal | None
+    realized_pnl: Decimal
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Position:
+        names = ("avg_cost", "price", "market_value", "unrealized_pnl")
+        return cls(
+            symbol=obj["symbol"],
+            qty=Decimal(obj["qty"]),
+            cost_basis=Decimal(obj["cost_basis"]),
+            realized_pnl=Decimal(obj["realized_pnl"]),
+            **{name: _decimal(obj.get(name)) for name in names},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The key's own account: cash, positions and P&L at the latest prices."""
+
+    name: str
+    cash: Decimal
+    positions: tuple[Position, ...]
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    equity: Decimal
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Account:
+        return cls(
+            name=obj["account"]["name"],
+            cash=Decimal(obj["cash"]),
+            positions=tuple(Position.from_json(p) for p in obj["positions"]),
+            realized_pnl=Decimal(obj["realized_pnl"]),
+            unrealized_pnl=Decimal(obj["unrealized_pnl"]),
+            equity=Decimal(obj["equity"]),
+            raw=obj,
+        )
+
+    def position(self, symbol: str) -> Position | None:
+        """The position in ``symbol``, if any."""
+        return next((p for p in self.positions if p.symbol == symbol), None)
+
+
+class SeenTicks:
+    """The ``(source, seq)`` of the ticks handled lately: the newest ``capacity`` of them exactly, and per
+    source the highest seq forgotten, at or below which a tick counts as handled (a bounded memory).
+
+    Exact, not a watermark: one source's ticks in a snapshot come in symbol order, not seq order.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: set[tuple[str, int]] = set()
+        self._order: deque[tuple[str, int]] = deque()
+        self._forgotten: dict[str, int] = {}
+
+    def first_time(self, source: str, seq: int) -> bool:
+        """Whether ``(source, seq)`` is new; if so, it is remembered as handled."""
+        key = (source, seq)
+        if key in self._seen or seq <= self._forgotten.get(source, 0):
+            return False
+        self._seen.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            old_source, old_seq = old = self._order.popleft()
+            self._seen.discard(old)
+            self._forgotten[old_source] = max(old_seq, self._forgotten.get(old_source, 0))
+        return True
