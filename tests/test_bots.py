@@ -1,22 +1,27 @@
-"""Bots: the strategies on hand-made prices; a bot trading through a hub that restarts mid-run."""
+"""Bots: the strategies on hand-made prices; a bot trading through a hub that restarts mid-run; the
+README's own bot, run as written."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import signal
 import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from helpers import free_port, port_open, running_hub, running_mock, spawn_hub, stop_process, wait_for
 
 from bots.runner import BotRunner
 from bots.strategies import hamster, investor
-from sources.feed import start_site
 from tickhub.config import Settings
 from tickhub.sequencer import RUN_SPAN
 
@@ -178,8 +183,11 @@ async def run_against(frames: list[bytes], handled: int) -> tuple[BotRunner, lis
     app = web.Application()
     app.router.add_get("/stream", stream)
     app.router.add_get("/accounts/me", me)
-    runner_site, port = await start_site(app)
-    bot = BotRunner("investor", strategy, f"http://127.0.0.1:{port}", "key", (), log=logging.getLogger("test.bot"))
+    server = TestServer(app)
+    await server.start_server(shutdown_timeout=1.0)
+    bot = BotRunner(
+        "investor", strategy, f"http://127.0.0.1:{server.port}", "key", (), log=logging.getLogger("test.bot")
+    )
     done = asyncio.ensure_future(asyncio.to_thread(bot.run))
     try:
         await wait_for(lambda: len(bot.handled) >= handled or done.done(), 10, f"{handled} ticks handled")
@@ -188,7 +196,7 @@ async def run_against(frames: list[bytes], handled: int) -> tuple[BotRunner, lis
         bot.report = await asyncio.to_thread(bot.final_report)  # type: ignore[attr-defined]
     finally:
         bot.stop()
-        await runner_site.cleanup()
+        await server.close()
     return bot, calls
 
 
@@ -217,3 +225,47 @@ async def test_a_snapshot_lists_symbols_out_of_seq_order_and_the_runner_handles_
     bot, calls = await run_against(frames, handled=3)
     assert [seq for _, _, seq in bot.handled] == [105, 103, 106]
     assert calls == [p("10"), p("20"), p("20", "21")] and bot.repeats == 0
+
+
+def readme_bot() -> str:
+    """The bot of the README's "Write your own bot", exactly as printed there."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    found = re.search(r"<!-- bot:start -->\n```python\n(.*?)```\n<!-- bot:end -->", readme, re.S)
+    assert found, "README.md has the bot between <!-- bot:start --> and <!-- bot:end -->"
+    return found[1]
+
+
+async def test_the_readme_bot_trades_as_written(settings: Settings) -> None:
+    async with running_mock(("BTCUSD", "META"), interval=0.01) as source:
+        async with running_hub(settings.replace(sources=(("mock", source.url),))) as hub:
+            key = await hub.hub.accounts.create("readme", Decimal(10000))
+            env = {**os.environ, "TICKHUB_HUB_URL": hub.url, "TICKHUB_API_KEY": key, "INTERESTED_IN": "BTCUSD,META"}
+            bot = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                readme_bot(),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            lines: list[str] = []
+
+            async def read() -> None:
+                assert bot.stdout is not None
+                async for line in bot.stdout:
+                    lines.append(line.decode())
+
+            reader = asyncio.create_task(read())
+            try:
+                await wait_for(lambda: len(lines) >= 4 or bot.returncode is not None, 20, "the bot's orders")
+                assert bot.returncode is None, lines
+            finally:
+                bot.terminate()
+                await bot.wait()
+                await reader
+            await check_account_matches_fills(hub.url, key, Decimal(10000))
+    fills = [re.fullmatch(r"(buy|sell) 0\.01 (BTCUSD|META) @ [0-9.]+, cash [0-9.]+\n", line) for line in lines]
+    assert all(fills), lines
+    for symbol in ("BTCUSD", "META"):
+        sides = [m[1] for m in fills if m and m[2] == symbol]
+        assert sides == ["buy", "sell"] * (len(sides) // 2) + ["buy"] * (len(sides) % 2), "one lot at most"

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from helpers import free_port, port_open, running_hub, running_mock, spawn_hub, stop_process, wait_for, written
 
-from sources.feed import start_site
 from tickhub.client import (
     AsyncHubClient,
     HubClient,
@@ -129,12 +129,13 @@ async def stand_in(script: Script, status: Callable[[int], web.Response | None] 
 
     app = web.Application()
     app.router.add_get("/stream", stream)
-    runner, port = await start_site(app)
+    server = TestServer(app)
+    await server.start_server(shutdown_timeout=1.0)
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"http://127.0.0.1:{server.port}", seen
     finally:
         closing.set()
-        await runner.cleanup()
+        await server.close()
 
 
 # -- without a hub -------------------------------------------------------------------------------
@@ -482,8 +483,9 @@ async def test_an_order_whose_answer_was_lost_is_retried_and_fills_once(kind: st
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", forward)
-        runner, port = await start_site(app)
-        api = Api(kind, f"http://127.0.0.1:{port}", key)
+        server = TestServer(app)
+        await server.start_server(shutdown_timeout=1.0)
+        api = Api(kind, f"http://127.0.0.1:{server.port}", key)
         try:
             order = await api("buy", "BTCUSD", Decimal("0.50"))
             assert order.replayed and order.qty == Decimal("0.50")
@@ -492,4 +494,4 @@ async def test_an_order_whose_answer_was_lost_is_retried_and_fills_once(kind: st
             assert [o.id for o in await api("orders")] == [order.id], "filled once"
         finally:
             await api.close()
-            await runner.cleanup()
+            await server.close()

@@ -63,6 +63,13 @@ def cmd_bot(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from . import tail
+
+    _logging(args.log_level)
+    return tail.main(args)
+
+
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -178,6 +185,12 @@ def parser() -> argparse.ArgumentParser:
     runner.add_arguments(bot)
     bot.add_argument("--log-level", default="info")
     bot.set_defaults(func=cmd_bot)
+
+    tail = commands.add_parser("tail", help="follow the hub's ticks in a terminal (or as JSON lines with --json)")
+    from . import tail as tail_command
+
+    tail_command.add_arguments(tail)
+    tail.set_defaults(func=cmd_tail)
 
     keys = commands.add_parser("keys", help="accounts and their API keys")
     actions = keys.add_subparsers(dest="action", required=True)
