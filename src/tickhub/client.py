@@ -12,9 +12,10 @@ Following the stream, with asyncio (aiohttp)::
                 print(event.symbol, event.price, event.trade_id)
 
 or without (requests and sseclient-py): ``for event in subscribe_sync(url, symbols=[...])``. Both
-resume by ``Last-Event-ID`` after any disconnect or hub restart (capped, jittered backoff, never
-sooner than the hub's ``retry:``), reconnect when nothing (not even a heartbeat) came for
-``stale_timeout`` seconds, and hand out each ``(source, seq)`` once, counting repeats in ``dropped``.
+resume by ``Last-Event-ID`` after any disconnect or hub restart (capped, jittered backoff that waits
+at least the hub's ``retry:``, up to ``reconnect_max``), reconnect when nothing (not even a heartbeat)
+came for ``stale_timeout`` seconds, and hand out each ``(source, seq)`` once, counting repeats in
+``dropped``.
 
 Trading and the REST routes, with an API key (``tickhub keys create NAME``)::
 

@@ -217,7 +217,7 @@ class SeenTicks:
     Exact, not a watermark: one source's ticks in a snapshot come in symbol order, not seq order.
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._seen: set[tuple[str, int]] = set()
         self._order: deque[tuple[str, int]] = deque()

@@ -65,7 +65,7 @@ class StreamState:
         *,
         reconnect_min: float = 0.25,
         reconnect_max: float = 10.0,
-        memory: int = 100_000,
+        memory: int = 10_000,
     ) -> None:
         self.url = base_url(url) + "/stream"
         self.symbols = sorted({s.strip().upper() for s in symbols or () if s.strip()})

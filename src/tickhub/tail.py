@@ -56,7 +56,8 @@ def follow(url: str, symbols: list[str] | None, since: str | None, lines: TickLi
         for event in stream:
             if isinstance(event, Snapshot):
                 why = f"resync ({event.resync}): " if event.resync else ""
-                print(f"{why}snapshot of {len(event.ticks)} symbols after id {event.id}", file=sys.stderr)
+                where = f" at id {event.id}" if event.id else ""
+                print(f"{why}snapshot of {len(event.ticks)} symbols{where}", file=sys.stderr)
                 ticks: tuple[Tick, ...] = event.new
             else:
                 ticks = (event,)
