@@ -196,6 +196,20 @@ async def test_a_repeat_is_dropped_and_counted_and_a_malformed_event_skipped(kin
         assert sub.sub.state.retry_floor == 0.025, "the retry: frame was read"
 
 
+async def test_an_event_too_large_to_hold_is_skipped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tickhub.client_aio
+
+    monkeypatch.setattr(tickhub.client_aio, "MAX_EVENT", 300)
+    big = {"ticks": [tick_json(i, 100 + i, symbol=f"S{i}") for i in range(1, 10)]}
+
+    async def script(request: web.Request, response: web.StreamResponse, n: int) -> None:
+        await response.write(sse("snapshot", big, 9) + sse("tick", tick_json(10, 110), 10))
+
+    async with stand_in(script) as (url, _), following("async", url) as sub:
+        await wait_for(lambda: sub.events, 10, "the tick after the oversized snapshot")
+        assert [t.seq for t in sub.ticks] == [110] and sub.sub.state.malformed == 1
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_silent_link_is_made_again_after_the_stale_timeout_resuming_by_last_event_id(kind: str) -> None:
     async def script(request: web.Request, response: web.StreamResponse, n: int) -> None:
@@ -455,7 +469,9 @@ async def test_the_rest_wrappers_read_exact_values_and_raise_the_hubs_errors(kin
         finally:
             await api.close()
             await stranger.close()
-        unreachable = await Api(kind, f"http://127.0.0.1:{free_port()}").error("prices")
+        down = Api(kind, f"http://127.0.0.1:{free_port()}")
+        unreachable = await down.error("prices")
+        await down.close()
         assert (unreachable.status, unreachable.code) == (None, "unreachable")
 
 

@@ -85,6 +85,9 @@ class Subscription(SubscriptionBase):
                     if item is not None:
                         yield item
                 state.retry_hint(parser.retry)
+                if parser.oversized:
+                    state.skipped(parser.oversized, f"an event above {MAX_EVENT} bytes")
+                    parser.oversized = 0
 
 
 def subscribe(

@@ -120,11 +120,15 @@ class StreamState:
                 self._resync = str(body.get("reason") or "unknown") if isinstance(body, dict) else "unknown"
                 log.info("the hub cannot resume after id %s (%s): a snapshot follows", self.last_event_id, self._resync)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # orjson's error is a ValueError
-            self.malformed += 1
-            log.warning("skipped a malformed %s event (id %s): %s", event, id, exc)
+            self.skipped(1, f"a malformed {event} event (id {id}): {exc}")
             if id:
                 self.last_event_id = id  # resuming before it would only bring it again
         return None  # other events are for newer clients
+
+    def skipped(self, count: int, what: str) -> None:
+        """Count and log events the parser could not hand over (an oversized one)."""
+        self.malformed += count
+        log.warning("skipped %d event(s): %s", count, what)
 
     def _tick(self, tick: Tick, id: str | None) -> Tick | None:
         self.last_event_id = id or tick.id
