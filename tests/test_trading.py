@@ -291,8 +291,9 @@ async def test_a_json_number_quantity_is_taken_exactly(settings: Settings) -> No
             assert (status, error["error"]["code"]) == (400, "bad_json"), raw
         deep = b'{"symbol": "META", "side": "buy", "qty": 1, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}"
         assert (await alice.call("POST", "/orders", deep))[0] in (400, 413)
+        # a lone surrogate is no Unicode text: I-JSON (RFC 7493) refuses it, and so does the decoder
         status, error, _ = await alice.call("POST", "/orders", b'{"symbol": "\\ud800", "side": "buy", "qty": 1}')
-        assert (status, error["error"]["code"]) == (400, "bad_field")
+        assert (status, error["error"]["code"]) == (400, "bad_json")
         status, error, _ = await alice.call("POST", "/orders", b'{"symbol": "META", "side": "buy", "qty": 1}\xff')
         assert (status, error["error"]["code"]) == (400, "bad_json")
 
@@ -330,6 +331,17 @@ async def test_a_quantity_string_is_a_plain_ascii_decimal(settings: Settings) ->
         assert (await alice.call("GET", "/orders"))[1] == {"orders": []}
         status, body, _ = await alice.order("META", "buy", "0.500000000000000000")
         assert status == 201 and Decimal(body["order"]["qty"]) == Decimal("0.5")
+
+
+async def test_a_symbol_is_ascii_as_written_not_after_upper_casing(settings: Settings) -> None:
+    # str.upper() maps some non-ASCII letters onto ASCII ones: "btcu\u017fd" (a long s) becomes "BTCUSD".
+    async with priced_market(settings) as (hub, session):
+        alice = Client(session, hub.url, (await open_accounts(hub.hub, ("alice", "1000000")))[0])
+        for symbol in ("btcu\u017fd", "meta\u0131", "\u0131btcusd", "BTCUSD\n", "META\x00"):
+            status, error, _ = await alice.order(symbol, "buy", 1)
+            assert (status, error["error"]["code"]) == (400, "bad_field"), symbol
+        assert (await alice.call("GET", "/orders"))[1] == {"orders": []}
+        assert (await alice.order("btcusd", "buy", "0.001"))[0] == 201, "lower case ASCII is still the symbol"
 
 
 async def test_an_order_is_readable_at_its_location_by_its_own_key_only(settings: Settings) -> None:

@@ -1,20 +1,26 @@
-"""Request helpers shared by the routes: bounded JSON bodies and work that stops when the client leaves."""
+"""Request helpers shared by the routes: bounded bodies read as their models, and work that stops when the
+client leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
+import re
 from collections.abc import Coroutine
-from decimal import Decimal
 from typing import Any, TypeVar
 
-import orjson
+import msgspec
 from starlette.requests import Request
 
 from .errors import ApiError
+from .models import RequestBody, decode_hook, exact_number
 
 T = TypeVar("T")
+M = TypeVar("M", bound=RequestBody)
+# msgspec's wording of the two errors that concern the body as a whole, with the field's name in backquotes
+MISSING = "Object missing required field `"
+UNKNOWN = "Object contains unknown field `"
 
 
 class ClientGone(Exception):
@@ -34,42 +40,55 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-def _json_object(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ApiError(400, "bad_json", "the body must be a JSON object")
-    return value
+_ANY = msgspec.json.Decoder(float_hook=exact_number)  # numbers as the Decimal of their text: 1e400 is JSON
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 past ``max_bytes``, 400 if it is not a JSON object."""
+@functools.cache
+def _decoder(model: type[M]) -> msgspec.json.Decoder[M]:
+    return msgspec.json.Decoder(model, dec_hook=decode_hook, float_hook=exact_number)
+
+
+def model_error(model: type[RequestBody], exc: msgspec.ValidationError) -> ApiError:
+    """The API's error for a body that is JSON but not a valid ``model``: the field and its rule."""
+    message = str(exc)
+    # the models are flat: a missing or unknown field is an error of the body itself, with no path
+    if message.startswith(UNKNOWN):
+        return ApiError(400, "bad_field", f"unknown field {message[len(UNKNOWN) : -1][:40]!r}")
+    if message.startswith(MISSING):
+        return ApiError(400, "missing_field", f"{message[len(MISSING) : -1]} is required")
+    message, _, path = message.rpartition(" - at `$.")
+    if message:  # path is "qty`" or "qty[0]`": the top-level field is the one written wrong
+        field = re.split(r"[.\[`]", path, maxsplit=1)[0]
+        return ApiError(400, "bad_field", model.rules.get(field) or f"{field}: {message}")
+    return ApiError(400, "bad_json", "the body must be a JSON object")
+
+
+def _is_json(body: bytes) -> bool:
     try:
-        value = orjson.loads(await read_body(request, max_bytes))
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
-    return _json_object(value)
+        _ANY.decode(body)
+    except msgspec.ValidationError:  # an integer past 64 bits: JSON, though no field takes it
+        return True
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def loads_exact(body: bytes) -> Any:
-    """JSON with every number as the Decimal of its text, so ``0.123456789012345678`` stays itself.
-
-    orjson reads numbers as floats (and refuses ``1e400``), so this uses the standard library, which
-    would otherwise accept ``NaN`` and ``Infinity``: refused here, as any JSON parser does.
-    """
-    return json.loads(body.decode(), parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants)
-
-
-async def read_exact_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """As ``read_json``, with exact Decimal numbers (for small bodies that carry amounts)."""
-    body = await read_body(request, max_bytes)
+def decode_model(model: type[M], body: bytes) -> M:
+    """``body`` decoded and validated as ``model`` (numbers of custom-typed fields exact); ApiError if not."""
     try:
-        value = loads_exact(body)
-    except (ValueError, RecursionError, ArithmeticError):  # bad JSON or UTF-8; nesting; an exponent out of range
+        return _decoder(model).decode(body)
+    except msgspec.ValidationError as exc:
+        # msgspec stops at the first wrong field, so what follows it may not be JSON at all ({"qty": 0x10})
+        if not _is_json(body):
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        raise model_error(model, exc) from None
+    except (msgspec.DecodeError, RecursionError):  # not JSON, not UTF-8; nesting past the decoder's depth
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
-    return _json_object(value)
+
+
+async def read_model(request: Request, model: type[M], max_bytes: int) -> M:
+    """The request body as ``model``: 413 past ``max_bytes``, 400 naming the field if it is not one."""
+    return decode_model(model, await read_body(request, max_bytes))
 
 
 async def _disconnected(request: Request) -> None:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .accounts import OrderRejected
 from .errors import ApiError
-from .http import read_exact_json
+from .http import read_model
+from .models import OrderRequest
 from .responses import JSONResponse
 from .routes_common import INT64_MAX, bearer_account, hub_of, parse_int, parse_limit
-from .wire import SYMBOL_RE
-
-MAX_QTY = Decimal(10) ** 12
-MAX_QTY_PLACES = 18
-QTY_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 async def authenticate(request: Request) -> int:
@@ -27,38 +19,6 @@ async def authenticate(request: Request) -> int:
     account_id = await bearer_account(request)
     assert account_id is not None
     return account_id
-
-
-def parse_qty(value: Any) -> Decimal:
-    """A positive exact quantity: a JSON number read exactly (a Decimal) or a plain decimal string.
-
-    A string must be ASCII digits with an optional fraction: Decimal itself would also take Arabic-Indic
-    digits, ``"1_000"``, ``" 1"``, ``"1e5"`` or ``"NaN"``, which no client means as a quantity.
-    """
-    if isinstance(value, str):
-        qty = Decimal(value) if len(value) <= 40 and QTY_TEXT.fullmatch(value) else None
-    elif type(value) in (Decimal, int):  # not bool, not float: a float has already lost digits
-        qty = Decimal(value)
-    else:
-        qty = None
-    if qty is None or not qty.is_finite() or qty <= 0 or qty > MAX_QTY or qty.as_tuple().exponent < -MAX_QTY_PLACES:
-        raise ApiError(400, "bad_field", f"qty must be a positive number up to {MAX_QTY_PLACES} decimal places")
-    return qty
-
-
-def parse_order(body: dict[str, Any]) -> tuple[str, str, Decimal]:
-    unknown = sorted(set(body) - {"symbol", "side", "qty"})
-    if unknown:
-        raise ApiError(400, "bad_field", f"unknown field {unknown[0][:40]!r}")
-    missing = [name for name in ("symbol", "side", "qty") if name not in body]
-    if missing:
-        raise ApiError(400, "missing_field", f"{missing[0]} is required")
-    symbol, side = body["symbol"], body["side"]
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol.upper()):
-        raise ApiError(400, "bad_field", "symbol must be a symbol such as BTCUSD")
-    if side not in ("buy", "sell"):
-        raise ApiError(400, "bad_field", 'side must be "buy" or "sell"')
-    return symbol.upper(), side, parse_qty(body["qty"])
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -74,12 +34,12 @@ async def place_order(request: Request) -> Response:
     account_id = await authenticate(request)
     hub = hub_of(request)
     key = idempotency_key(request)
-    symbol, side, qty = parse_order(await read_exact_json(request, hub.settings.max_body))
-    tick = hub.market.latest.get(symbol)
+    body = await read_model(request, OrderRequest, hub.settings.max_body)
+    tick = hub.market.latest.get(body.symbol)
     if tick is None:
-        raise ApiError(422, "no_price", f"no price for {symbol} yet")
+        raise ApiError(422, "no_price", f"no price for {body.symbol} yet")
     try:
-        order, replayed = await hub.accounts.place(account_id, symbol, side, qty, tick, key)
+        order, replayed = await hub.accounts.place(account_id, body.symbol, body.side, body.qty, tick, key)
     except OrderRejected as exc:
         raise ApiError(422, exc.code, exc.message) from None
     headers = {"Location": f"/orders/{order.id}"}

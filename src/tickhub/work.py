@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import ApiError
-from .http import ClientGone, read_json, unless_disconnected
+from .http import ClientGone, read_model, unless_disconnected
+from .models import TaskRequest
 from .responses import JSONResponse
 from .routes_common import bearer_account, hub_of, parse_int, parse_limit
 from .tasks import ClientBound, QueueFull, TooManyTasks
@@ -44,24 +44,6 @@ async def serial_test(request: Request) -> Response:
     return JSONResponse({"elapsed": round(elapsed, 6)})
 
 
-def _task_fields(body: dict[str, Any], timeout_max: float) -> tuple[int, float]:
-    unknown = sorted(set(body) - {"num", "timeout"})
-    if unknown:
-        raise ApiError(400, "bad_field", f"unknown field {unknown[0][:40]!r}")
-    if "num" not in body or "timeout" not in body:
-        raise ApiError(400, "missing_field", "num and timeout are required")
-    num, timeout = body["num"], body["timeout"]
-    if type(num) is float and num.is_integer() and abs(num) <= 2**53:  # JSON has one number type: 96.0 is 96
-        num = int(num)
-    if type(num) is not int or not -INT64 <= num < INT64:
-        raise ApiError(400, "bad_field", "num must be a 64-bit integer")
-    if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout < 0:
-        raise ApiError(400, "bad_field", "timeout must be a number >= 0")
-    if timeout > timeout_max:
-        raise ApiError(400, "bad_field", f"timeout must be at most {timeout_max:g} seconds")
-    return num, float(timeout)
-
-
 async def _task_client(request: Request) -> str:
     """Who submits: the account of a valid bearer key; without one, the address. A bad key is a 401."""
     account_id = await bearer_account(request, required=False)
@@ -77,10 +59,12 @@ async def submit_task(request: Request) -> Response:
     client = await _task_client(request)
     # A timeout above one client's whole allowance could never be queued: that is bad input, not "later".
     timeout_max = min(settings.task_timeout_max, settings.task_seconds_per_client)
-    num, timeout = _task_fields(await read_json(request, settings.max_body), timeout_max)
+    body = await read_model(request, TaskRequest, settings.max_body)
+    if body.timeout > timeout_max:
+        raise ApiError(400, "bad_field", f"timeout must be at most {timeout_max:g} seconds")
     bound = ClientBound(settings.tasks_per_client, settings.task_seconds_per_client)
     try:
-        task = await hub.tasks.submit(num, timeout, client, bound)
+        task = await hub.tasks.submit(body.num, body.timeout, client, bound)
     except TooManyTasks as exc:
         raise ApiError(429, "too_many_tasks", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     except QueueFull:
