@@ -142,6 +142,9 @@ async def test_errors_are_json_with_a_fitting_status(settings: Settings) -> None
             ("/prices/NOPE", 404, "unknown_symbol"),
             ("/prices/BTCUSD/history?limit=0", 400, "bad_parameter"),
             ("/nowhere", 404, "not_found"),
+            # str.upper() maps a long s to "S": a symbol is checked as ASCII before it is upper-cased
+            ("/prices/btcu\u017fd", 404, "unknown_symbol"),
+            ("/stream?symbols=btcu\u017fd", 400, "bad_symbol"),
         ]
         for path, status, code in cases:
             response = await client.get(path)

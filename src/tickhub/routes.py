@@ -21,7 +21,8 @@ DEFAULT_HISTORY_LIMIT = 1000
 
 def _symbol(request: Request) -> str:
     """The path's symbol, upper-cased; 404 if the hub has never seen it."""
-    symbol = request.path_params["symbol"].upper()
+    raw = request.path_params["symbol"]
+    symbol = raw.upper() if raw.isascii() else raw  # str.upper() maps a long s to "S": ASCII first
     if not SYMBOL_RE.match(symbol) or symbol not in hub_of(request).market.latest:
         raise ApiError(404, "unknown_symbol", f"no prices for symbol {symbol[:40]!r}")
     return symbol

@@ -47,7 +47,8 @@ def parse_symbols(raw: str | None, max_symbols: int) -> SymbolFilter:
     """``BTCUSD,meta`` → frozenset({"BTCUSD", "META"}); None (all symbols) when empty."""
     if raw is None or not raw.strip():
         return None
-    names = {part.strip().upper() for part in raw.split(",") if part.strip()}
+    # Upper-cased only when ASCII: str.upper() maps some other letters onto ASCII ones (a long s to "S").
+    names = {name.upper() if name.isascii() else name for name in (p.strip() for p in raw.split(",")) if name}
     if len(names) > max_symbols:
         raise ApiError(400, "too_many_symbols", f"at most {max_symbols} symbols per subscription")
     bad = sorted(n for n in names if not SYMBOL_RE.match(n))
