@@ -15,10 +15,15 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
-from aiohttp import web
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from sources.feed import FEED, SourceFeed, serve_until_signal, source_app
+from sources.app import source_app
+from sources.feed import SourceFeed
 from sources.mock import RandomWalk
+from sources.serve import serve_until_signal
 from tickhub import aio
 from tickhub.wire import format_ts
 
@@ -61,18 +66,16 @@ class Pacer:
                 await asyncio.sleep(TICK_EVERY)
 
 
-def build(args: argparse.Namespace) -> web.Application:
+def build(args: argparse.Namespace) -> Starlette:
     feed = SourceFeed(args.name, ring_size=args.ring_size, heartbeat=1.0)
     pacer = Pacer(feed, [s.strip() for s in args.symbols.split(",") if s.strip()], args.rate)
-    app = source_app(feed, pacer.run)
 
-    async def set_rate(request: web.Request) -> web.Response:
+    async def set_rate(request: Request) -> JSONResponse:
         body = await request.json()
         pacer.set_rate(float(body["rate"]))
-        return web.json_response({"rate": pacer.rate, "next_seq": request.app[FEED].next_seq})
+        return JSONResponse({"rate": pacer.rate, "next_seq": feed.next_seq})
 
-    app.router.add_post("/rate", set_rate)
-    return app
+    return source_app(feed, pacer.run, [Route("/rate", set_rate, methods=["POST"])])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,14 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tickhub.backoff import Backoff
 from tickhub.wire import TickRejected, check_price, check_symbol
 
+from .app import source_app
 from .connection import ConnectionStats, MessagePacer
 from .exchange import BridgeError, ConnectionPlan, ExchangeAdapter, Malformed, Quote, Reconnect
-from .feed import SourceFeed, source_app
+from .feed import SourceFeed
 from .repeats import PublishedQuotes
 
 log = logging.getLogger("tickhub.bridge")
@@ -54,6 +58,7 @@ class BridgeSettings:
     reconnect_max: float = 30.0
     ring_size: int = 100_000
     heartbeat: float = 5.0
+    send_timeout: float = 30.0  # a consumer that reads nothing for this long is dropped (it resumes)
 
 
 class ExchangeBridge:
@@ -69,7 +74,11 @@ class ExchangeBridge:
         self.adapter = adapter
         self.settings = settings
         self.feed = SourceFeed(
-            settings.name, ring_size=settings.ring_size, heartbeat=settings.heartbeat, latest_first=True
+            settings.name,
+            ring_size=settings.ring_size,
+            heartbeat=settings.heartbeat,
+            latest_first=True,
+            send_timeout=settings.send_timeout,
         )
         self.connections: list[ConnectionStats] = []
         self.published = 0
@@ -270,12 +279,10 @@ class ExchangeBridge:
             "connections": [c.as_dict() for c in self.connections],
         }
 
-    async def handle_health(self, request: web.Request) -> web.Response:
+    async def handle_health(self, request: Request) -> JSONResponse:
         body = self.health()
-        return web.json_response(body, status=200 if body["status"] in ("ok", "degraded") else 503)
+        return JSONResponse(body, status_code=200 if body["status"] in ("ok", "degraded") else 503)
 
-    def app(self) -> web.Application:
+    def app(self) -> Starlette:
         """The SSE source app (``/stream``, ``/``) plus ``/health``, producing with :meth:`run`."""
-        app = source_app(self.feed, self.run)
-        app.router.add_get("/health", self.handle_health)
-        return app
+        return source_app(self.feed, self.run, [Route("/health", self.handle_health)])

@@ -16,7 +16,7 @@ from starlette.config import Config
 from tickhub.wire import SOURCE_NAME_RE, SYMBOL_RE
 
 from .bridge import BridgeSettings, ExchangeBridge
-from .feed import start_site
+from .serve import SourceServer, listen_socket
 
 log = logging.getLogger("tickhub.bridge")
 
@@ -57,6 +57,9 @@ def add_bridge_arguments(
     parser.add_argument("--reconnect-max", type=float, default=30.0, help="largest reconnect delay in seconds")
     parser.add_argument("--ring-size", type=int, default=100_000, help="events kept for Last-Event-ID resume")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between SSE heartbeat comments")
+    parser.add_argument(
+        "--send-timeout", type=float, default=30.0, help="seconds a consumer may stop reading before it is dropped"
+    )
 
 
 def split_symbols(raw: str, venue: str) -> list[str]:
@@ -74,7 +77,7 @@ def common_settings(args: argparse.Namespace, ws_url: str, symbols: list[str]) -
     """BridgeSettings fields taken from the common flags (checked: positive timers, valid name)."""
     if not SOURCE_NAME_RE.match(args.name):
         raise ValueError(f"--name must be a lower-case source name, got {args.name!r}")
-    for flag in ("stale_timeout", "connect_timeout", "reconnect_max", "heartbeat"):
+    for flag in ("stale_timeout", "connect_timeout", "reconnect_max", "heartbeat", "send_timeout"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
     if args.ring_size <= 0:
@@ -88,6 +91,7 @@ def common_settings(args: argparse.Namespace, ws_url: str, symbols: list[str]) -
         "reconnect_max": max(args.reconnect_max, BridgeSettings.reconnect_min),
         "ring_size": args.ring_size,
         "heartbeat": args.heartbeat,
+        "send_timeout": args.send_timeout,
     }
 
 
@@ -112,17 +116,38 @@ async def _until_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:
 async def serve_bridge(bridge: ExchangeBridge, host: str, port: int) -> None:
     """Check with the exchange, then serve the feed until SIGINT/SIGTERM or a refusal (raised)."""
     stop = asyncio.Event()
+    server: SourceServer | None = None
+
+    def on_signal() -> None:  # only sets flags: the work below notices them
+        stop.set()
+        if server is not None:
+            server.request_stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with bridge:
-        if not await _until_stopped(bridge.prepare(), stop):
-            return
-        runner, bound = await start_site(bridge.app(), host, port)
-        log.info("source %s serving on http://%s:%d/stream (health: /health)", bridge.settings.name, host, bound)
-        try:
-            await _until_stopped(bridge.failed.wait(), stop)
-        finally:
-            await runner.cleanup()
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with bridge:
+            if not await _until_stopped(bridge.prepare(), stop):
+                return
+            sock = listen_socket(host, port)
+            server = SourceServer(bridge.app())
+            bound = sock.getsockname()[1]
+            log.info("source %s serving on http://%s:%d/stream (health: /health)", bridge.settings.name, host, bound)
+            serve = asyncio.ensure_future(server.serve(sockets=[sock]))
+            refused = asyncio.ensure_future(bridge.failed.wait())
+            try:
+                await asyncio.wait({serve, refused}, return_when=asyncio.FIRST_COMPLETED)
+                if not server.should_exit:
+                    server.request_stop()  # the exchange refused us: stop serving too
+                await serve
+            finally:
+                for task in (serve, refused):
+                    task.cancel()
+                await asyncio.gather(serve, refused, return_exceptions=True)
+                sock.close()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     if bridge.error is not None:
         raise bridge.error

@@ -1,4 +1,4 @@
-"""SourceFeed: the SSE server half that every price source shares (mock and exchange bridges).
+"""SourceFeed: the numbered events every price source serves (the mock and the exchange bridges).
 
 Events are numbered by ``seq``, which starts at the current time in microseconds, so it keeps
 increasing across restarts of the source, and grows by exactly 1 per event within a run. The last
@@ -8,32 +8,38 @@ missed, or everything still held if it fell further behind (it sees the jump in 
 A consumer without ``Last-Event-ID`` starts live. With ``latest_first`` (the exchange bridges) it is
 first given the newest event of each symbol, as published, with its own seq, in seq order: a picture
 of every price without an event ever being published twice.
+
+The feed knows nothing of HTTP: :meth:`SourceFeed.frames` is one consumer's stream as ready bytes
+(many events joined per chunk, nothing encoded per consumer), which sources.app serves with
+sse-starlette.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import signal
-import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from tickhub.wire import format_ts, retry_frame, source_tick_json, tick_frame
 
-from tickhub.wire import comment_frame, format_ts, retry_frame, source_tick_json, tick_frame
+WRITE_CHUNK = 2000  # events per chunk when a consumer catches up: one send, one write
+RETRY_MS = 1000  # the reconnect delay a consumer is told
 
-log = logging.getLogger("tickhub.source")
 
-WRITE_CHUNK = 2000  # events per write when a consumer catches up
-FEED = web.AppKey("feed", "SourceFeed")
+def _always() -> bool:
+    return True
 
 
 class SourceFeed:
-    """Numbered tick events, a replay ring and the ``GET /stream`` handler that serves them."""
+    """Numbered tick events, a replay ring, and each consumer's stream of them.
+
+    ``heartbeat``: seconds between comment lines on a quiet stream; ``send_timeout``: seconds a
+    consumer may leave a chunk unread before its stream is closed (it resumes by Last-Event-ID), so
+    one that stopped reading cannot hold a producer waiting in :meth:`wait_for_room`.
+    """
 
     def __init__(
         self,
@@ -42,12 +48,14 @@ class SourceFeed:
         heartbeat: float = 5.0,
         first_seq: int | None = None,
         latest_first: bool = False,
+        send_timeout: float = 30.0,
     ):
         self.name = name
         self.latest_first = latest_first
         self._newest: dict[str, tuple[int, bytes]] = {}  # per symbol, its newest event (latest_first)
         self.capacity = ring_size
         self.heartbeat = heartbeat
+        self.send_timeout = send_timeout
         self.first_seq = first_seq if first_seq is not None else time.time_ns() // 1000
         self.next_seq = self.first_seq
         self._frames: list[bytes] = [b""] * ring_size
@@ -135,100 +143,50 @@ class SourceFeed:
                     waiter.set_result(None)
             self._progress.clear()
 
-    async def handle_stream(self, request: web.Request) -> web.StreamResponse:
-        """``GET /stream``: text/event-stream from Last-Event-ID (header or ``?last_event_id=``); without
-        one, live, after the newest event of each symbol if ``latest_first``."""
-        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
-        seq = self.start_seq(last)
-        newest = self.newest_frames() if not last else b""  # taken with seq: no event missed or sent twice
+    async def frames(self, last_event_id: str | None, connected: Callable[[], bool] = _always) -> AsyncIterator[bytes]:
+        """One consumer's stream as ready bytes: ``retry:``, then from ``last_event_id`` (or, without one,
+        live after the newest event of each symbol if ``latest_first``), up to WRITE_CHUNK events a chunk;
+        it ends when the feed closes or ``connected()`` turns false.
+
+        The consumer's cursor moves when a chunk has been handed on (the generator resumes after its
+        send), which is what :meth:`wait_for_room` holds a fast producer to.
+        """
+        seq = self.start_seq(last_event_id)
+        newest = self.newest_frames() if not last_event_id else b""  # taken with seq: no event missed or sent twice
         key = object()
         self._advance(key, seq)
         try:
-            await response.write(retry_frame(1000) + newest)
-            while not self.closing:
+            yield retry_frame(RETRY_MS) + newest
+            # connected() is checked, not left to cancellation: a producer that publishes every turn of the
+            # loop resolves this consumer's waiter each turn, and anyio never cancels a task whose waiter is
+            # resolved, so a gone consumer's stream would run on, sending into the void.
+            while not self.closing and connected():
                 if seq < self.oldest_seq:
                     seq = self.oldest_seq  # fell out of the ring: the consumer sees the jump in seq
                 if seq < self.next_seq:
                     end = min(self.next_seq, seq + WRITE_CHUNK)
-                    await response.write(self.collect(seq, end))
+                    yield self.collect(seq, end)
                     seq = end
                     self._advance(key, seq)
-                elif not await self._wait_new(seq, self.heartbeat):
-                    await response.write(comment_frame("ping"))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+                else:
+                    await self._wait_new(seq, self.heartbeat)
         finally:
             self._cursors.pop(key, None)
             self._wake_producer()
-        return response
 
-    async def handle_info(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "name": self.name,
-                "first_seq": self.first_seq,
-                "next_seq": self.next_seq,
-                "oldest_seq": self.oldest_seq,
-                "consumers": self.consumers,
-            }
-        )
+    def info(self) -> dict[str, Any]:
+        """The ``/`` document: the feed's name and where its seqs stand."""
+        return {
+            "name": self.name,
+            "first_seq": self.first_seq,
+            "next_seq": self.next_seq,
+            "oldest_seq": self.oldest_seq,
+            "consumers": self.consumers,
+        }
 
     def close(self) -> None:
+        """End every consumer's stream (each ends cleanly after what it was sent) and free the producer."""
         self.closing = True
         for waiter in self._waiters + self._progress:
             if not waiter.done():
                 waiter.set_result(None)
-
-
-def source_app(feed: SourceFeed, producer: Callable[[], Awaitable[None]] | None = None, **info: Any) -> web.Application:
-    """An aiohttp app serving ``feed`` at ``/stream`` (and ``/`` for info), running ``producer``."""
-    app = web.Application()
-    app[FEED] = feed
-    app.router.add_get("/stream", feed.handle_stream)
-    app.router.add_get("/", feed.handle_info)
-
-    async def run_producer(app: web.Application) -> Any:
-        task = asyncio.create_task(producer()) if producer is not None else None
-        yield
-        feed.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app.cleanup_ctx.append(run_producer)
-    app.on_shutdown.append(lambda app: _close_feed(feed))
-    return app
-
-
-async def _close_feed(feed: SourceFeed) -> None:
-    feed.close()
-
-
-async def start_site(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on host:port (0 picks a free port); returns the runner and the bound port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner, sock.getsockname()[1]
-
-
-async def serve_until_signal(app: web.Application, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner, bound = await start_site(app, host, port)
-    log.info("source %s serving on http://%s:%d/stream", app[FEED].name, host, bound)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()

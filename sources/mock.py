@@ -11,16 +11,21 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
-from aiohttp import web
+from starlette.applications import Starlette
 
 from tickhub import aio
 from tickhub.wire import SYMBOL_RE, format_ts
 
-from .feed import SourceFeed, serve_until_signal, source_app
+from .app import source_app
+from .feed import SourceFeed
+from .serve import serve_until_signal
 
 DEFAULT_START = {"BTCUSD": "43000.00", "TCSG": "3000.00", "META": "480.00"}
 FALLBACK_START = "100.00"
-FAST_BATCH = 256
+# Ticks per burst at --interval 0: a consumer gets each burst as one chunk, one send, and a send through
+# sse-starlette and uvicorn costs ~25 µs more than aiohttp's write did (BENCHMARKS.md): 0.1 µs a tick
+# at 256 a burst, ~0.01 at 2000.
+FAST_BATCH = 2000
 
 
 class RandomWalk:
@@ -74,6 +79,7 @@ class MockMarket:
 
     async def run(self) -> None:
         feed, walks = self.feed, list(self.walks.items())
+        burst = max(1, min(FAST_BATCH, feed.capacity // 4))  # a burst never laps a consumer in a small ring
         emitted = 0
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -86,7 +92,7 @@ class MockMarket:
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
             else:
                 await feed.wait_for_room()
-                n = FAST_BATCH if self.limit is None else min(FAST_BATCH, self.limit - emitted)
+                n = burst if self.limit is None else min(burst, self.limit - emitted)
                 ts = format_ts(datetime.now(UTC))  # one burst, one instant
                 for i in range(n):
                     symbol, walk = walks[i % len(walks)]
@@ -106,21 +112,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="stop publishing after this many ticks")
     parser.add_argument("--ring-size", type=int, default=100_000, help="events kept for Last-Event-ID resume")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeat comments")
+    parser.add_argument(
+        "--send-timeout", type=float, default=30.0, help="seconds a consumer may stop reading before it is dropped"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable walks")
 
 
-def build(args: argparse.Namespace) -> web.Application:
+def build(args: argparse.Namespace) -> Starlette:
+    """The mock source's app from its command-line flags; ValueError names a bad flag."""
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if not symbols or any(not SYMBOL_RE.match(s) for s in symbols):
         raise ValueError(f"--symbols: expected comma-separated upper-case symbols, got {args.symbols!r}")
     if args.interval < 0:
         raise ValueError("--interval must be >= 0")
+    for flag in ("heartbeat", "send_timeout"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
+    if args.ring_size <= 0:
+        raise ValueError("--ring-size must be > 0")
     rng = random.Random(args.seed)
     step_cents = round(args.step * 100)
     if step_cents <= 0:
         raise ValueError("--step must be at least 0.01")
     walks = {s: RandomWalk(p, rng, step_cents) for s, p in parse_start(args.start, symbols).items()}
-    feed = SourceFeed(args.name, ring_size=args.ring_size, heartbeat=args.heartbeat)
+    feed = SourceFeed(args.name, ring_size=args.ring_size, heartbeat=args.heartbeat, send_timeout=args.send_timeout)
     market = MockMarket(feed, walks, args.interval, args.limit)
     return source_app(feed, market.run)
 

@@ -20,9 +20,7 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
-from helpers import wait_for
-
-from sources.feed import start_site
+from helpers import start_site, wait_for
 
 SAMPLES = Path(__file__).parent / "samples"
 

@@ -15,10 +15,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
+from sources.app import source_app
 from sources.bridge import ExchangeBridge
-from sources.feed import SourceFeed, source_app, start_site
+from sources.feed import SourceFeed
 from sources.mock import MockMarket, RandomWalk
+from sources.serve import serving
 from tickhub.config import Settings
 from tickhub.hub import Hub
 from tickhub.server import HubServer, build_server
@@ -102,11 +105,22 @@ async def running_hub(settings: Settings, port: int = 0, sndbuf: int | None = No
             sock.close()
 
 
+async def start_site(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp ``app`` (a test double: a fake exchange, a hostile source, a stand-in hub) on
+    host:port (0 picks a free port); returns the runner (``cleanup()`` stops it) and the bound port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner, sock.getsockname()[1]
+
+
 class RunningSource:
-    def __init__(self, feed: SourceFeed, port: int, runner: Any) -> None:
+    def __init__(self, feed: SourceFeed, port: int) -> None:
         self.feed = feed
         self.port = port
-        self.runner = runner
         self.url = f"http://127.0.0.1:{port}/stream"
 
 
@@ -119,19 +133,16 @@ async def running_mock(
     ring_size: int = 100_000,
     heartbeat: float = 0.5,
     seed: int = 7,
+    send_timeout: float = 30.0,
 ) -> AsyncIterator[RunningSource]:
-    """The mock source in this loop on a real socket."""
+    """The mock source in this loop, served by uvicorn on a real socket; stopped (streams ended) on exit."""
     import random
 
     rng = random.Random(seed)
-    feed = SourceFeed(name, ring_size=ring_size, heartbeat=heartbeat)
+    feed = SourceFeed(name, ring_size=ring_size, heartbeat=heartbeat, send_timeout=send_timeout)
     walks = {s: RandomWalk("1000.00", rng) for s in symbols}
-    app = source_app(feed, MockMarket(feed, walks, interval, limit).run)
-    runner, port = await start_site(app)
-    try:
-        yield RunningSource(feed, port, runner)
-    finally:
-        await runner.cleanup()
+    async with serving(source_app(feed, MockMarket(feed, walks, interval, limit).run)) as port:
+        yield RunningSource(feed, port)
 
 
 class RunningBridge:
@@ -144,14 +155,12 @@ class RunningBridge:
 
 @contextlib.asynccontextmanager
 async def running_bridge(bridge: ExchangeBridge) -> AsyncIterator[RunningBridge]:
-    """An exchange bridge in this loop: its start-up checks, then its SSE feed on a real socket."""
+    """An exchange bridge in this loop: its start-up checks, then its SSE feed served by uvicorn on a
+    real socket."""
     async with bridge:
         await bridge.prepare()
-        runner, port = await start_site(bridge.app())
-        try:
+        async with serving(bridge.app()) as port:
             yield RunningBridge(bridge, port)
-        finally:
-            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -162,8 +171,6 @@ async def scripted_source(
 
     Yields its URL and the list of request headers it saw (one dict per connection).
     """
-    from aiohttp import web
-
     seen: list[dict[str, str]] = []
 
     async def stream(request: web.Request) -> web.StreamResponse:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import signal
+import socket
 import time
 
 import aiohttp
@@ -84,3 +87,69 @@ async def test_fast_mode_process_emits_exactly_the_limit_in_order() -> None:
         assert {e["symbol"] for e in events} == {"BTCUSD", "META", "TCSG"}
     finally:
         assert stop_process(proc) == 0
+
+
+async def count_ticks(url: str, n: int) -> int:
+    """Read ``url`` until ``n`` tick events have arrived (counted in the raw bytes, fast)."""
+    count, tail = 0, b""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        async for chunk in response.content.iter_any():
+            data = tail + chunk
+            end = data.rfind(b"\n\n") + 2
+            count += data.count(b"\nevent: tick\n", 0, end)
+            tail = data[end:]
+            if count >= n:
+                return count
+    raise AssertionError(f"stream ended after {count} events")
+
+
+async def test_a_consumer_that_stops_reading_is_dropped_and_does_not_hold_the_producer() -> None:
+    # At --interval 0 the producer waits for its slowest consumer; one that never reads must not stop it.
+    async with running_mock(("BTCUSD",), interval=0, ring_size=100_000, send_timeout=0.5) as source:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            stalled.connect(("127.0.0.1", source.port))
+            stalled.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            await wait_for(lambda: source.feed.consumers == 1, what="the stalled consumer")
+            reader = asyncio.ensure_future(count_ticks(source.url, 400_000))
+            try:
+                await wait_for(lambda: reader.done(), 20, "400k events past a consumer that stopped reading")
+                assert reader.result() >= 400_000
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            await wait_for(lambda: source.feed.consumers == 0, what="the stalled consumer to be dropped")
+        finally:
+            stalled.close()
+
+
+async def test_sigterm_ends_every_stream_cleanly_and_exits_zero() -> None:
+    port = free_port()
+    proc = spawn_mock_source(port, interval=0.01)
+    try:
+        await wait_for(lambda: port_open(port), 20, "the source process")
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/stream") as response:
+            parser, seen = SSEParser(), 0
+            async with asyncio.timeout(10):
+                async for chunk in response.content.iter_any():
+                    seen += len(list(parser.feed(chunk)))
+                    if seen >= 5 and proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+            # the loop ends at the end of the body: a clean end of stream, not a reset
+        assert seen >= 5
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and b"Traceback" not in err and b"ERROR" not in err
+    finally:
+        stop_process(proc)
+
+
+def test_a_busy_port_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = spawn_mock_source(taken.getsockname()[1])
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    [line] = err.decode().splitlines()
+    assert line.startswith("tickhub source mock: cannot serve on 127.0.0.1:") and "in use" in line

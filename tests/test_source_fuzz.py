@@ -21,12 +21,11 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from helpers import running_hub, subscribe, wait_for
+from helpers import running_hub, start_site, subscribe, wait_for
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from strategies import HOSTILE_SEQS, encode_event, source_event_objects
 
-from sources.feed import start_site
 from tickhub.config import Settings
 from tickhub.wire import SourceTick, SSEParser, TickRejected, parse_source_tick, source_tick_json
 

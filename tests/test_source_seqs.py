@@ -13,9 +13,8 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
-from helpers import get_json, running_hub, wait_for, written
+from helpers import get_json, running_hub, start_site, wait_for, written
 
-from sources.feed import start_site
 from tickhub.config import Settings
 from tickhub.wire import format_ts
 

@@ -49,6 +49,9 @@ def cmd_source(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tickhub source {args.kind}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"tickhub source {args.kind}: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
