@@ -69,11 +69,43 @@ class OrderedSubscriber(Subscriber):
         return self.number
 
 
+class FakeCycle:
+    """What the fan-out writes to directly (uvicorn's request cycle): a transport whose ``write`` never
+    blocks, and flow control that reports the socket full (``write_paused``) once a stall begins; a
+    paused connection is written through the ASGI path instead, which waits."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.flow = self
+        self.transport = self
+        self.disconnected = False
+
+    @property
+    def write_paused(self) -> bool:
+        return self.client.gate is not None or self.client.in_flight > 0
+
+    def write(self, framed: bytes) -> None:
+        client = self.client
+        assert not client.failed and client.in_flight == 0, f"{client.name}: a direct write while one is in flight"
+        size, sep, rest = framed.partition(b"\r\n")
+        assert sep and rest.endswith(b"\r\n") and int(size, 16) == len(rest) - 2, f"{client.name}: bad chunk"
+        client.writes += 1
+        client.check(rest[:-2])
+        if client.writes in client.stalls and client.gate is None:
+            client.gate = asyncio.get_running_loop().create_future()  # the socket is full from now on
+
+
 class Client:
     """A subscriber's transport that checks each write as it is handed over, then may block or fail."""
 
     def __init__(
-        self, machine: FanoutMachine, symbols: frozenset[str] | None, start: int, name: str, stalls: frozenset[int]
+        self,
+        machine: FanoutMachine,
+        symbols: frozenset[str] | None,
+        start: int,
+        name: str,
+        stalls: frozenset[int],
+        direct: bool = False,
     ) -> None:
         self.machine = machine
         self.stalls = stalls  # which of its writes (1, 2, ...) find the socket full and block
@@ -90,6 +122,9 @@ class Client:
         self.failed = False
         self.left = False  # detached by the test
         self.writes = 0
+        self.direct = direct
+        if direct:  # written to directly while its socket has room, through the ASGI path when full
+            self.sub.direct = FakeCycle(self)
 
     @property
     def live(self) -> bool:
@@ -198,7 +233,7 @@ class FanoutMachine(RuleBasedStateMachine):
         backlog=st.sampled_from([200, 600, 1 << 20]),
         mask=st.sampled_from([0, 1, 3]),
         overflows=st.sampled_from([10**6, 2]),  # enough that subscribers survive, or few: disconnects
-        subscribers=st.lists(st.tuples(st.sampled_from(FILTERS), STALLS), min_size=1, max_size=16),
+        subscribers=st.lists(st.tuples(st.sampled_from(FILTERS), STALLS, st.booleans()), min_size=1, max_size=16),
     )
     def start(
         self,
@@ -206,7 +241,7 @@ class FanoutMachine(RuleBasedStateMachine):
         backlog: int,
         mask: int,
         overflows: int,
-        subscribers: list[tuple[frozenset[str] | None, frozenset[int]]],
+        subscribers: list[tuple[frozenset[str] | None, frozenset[int], bool]],
     ) -> None:
         def make() -> Fanout:
             fanout = Fanout(TickRing(capacity), lambda symbols: SNAPSHOT, backlog, overflows, 3600.0)
@@ -214,8 +249,8 @@ class FanoutMachine(RuleBasedStateMachine):
             return fanout
 
         self.fanout = self.run(make)
-        for symbols, stalls in subscribers:
-            self.attach("live", symbols, 0, stalls)
+        for symbols, stalls, direct in subscribers:
+            self.attach("live", symbols, 0, stalls, direct)
 
     # -- the market ----------------------------------------------------------------------------
 
@@ -262,8 +297,9 @@ class FanoutMachine(RuleBasedStateMachine):
         symbols=st.sampled_from(FILTERS),
         back=st.integers(0, 160),
         stalls=STALLS,
+        direct=st.booleans(),
     )
-    def attach(self, how: str, symbols: frozenset[str] | None, back: int, stalls: frozenset[int]) -> None:
+    def attach(self, how: str, symbols: frozenset[str] | None, back: int, stalls: frozenset[int], direct: bool) -> None:
         """A new subscriber: ``live``, a fresh connection (a snapshot, then live from the head);
         ``resume``, a resume the ring still covers (the missed ticks as a prelude, then live from the
         head); ``past``, attached at an older position, perhaps one the ring has evicted (a resync)."""
@@ -277,7 +313,7 @@ class FanoutMachine(RuleBasedStateMachine):
         else:
             start = cursor = max(0, head - back)
             prelude = comment_frame("hello")
-        client = self.run(Client, self, symbols, start, f"{how}#{len(self.clients)}", stalls)
+        client = self.run(Client, self, symbols, start, f"{how}#{len(self.clients)}", stalls, direct)
         self.clients.append(client)
         self.run(self.fanout.attach, client.sub, cursor, prelude)
 
@@ -287,7 +323,7 @@ class FanoutMachine(RuleBasedStateMachine):
         """``detach``: its handler ended (the client went away); ``reset``: its next write fails."""
         client = self.pick(index)
         assert client is not None
-        if how == "reset":
+        if how == "reset" and not client.direct:  # a direct write cannot fail: the connection is just gone
             client.fail_next = True
             return
         client.left = True

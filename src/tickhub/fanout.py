@@ -28,7 +28,7 @@ from typing import NamedTuple
 import orjson
 
 from .ring import TickRing
-from .subscriber import Subscriber, SymbolFilter, abort, start_write
+from .subscriber import Subscriber, SymbolFilter, abort, chunk, start_write
 from .wire import comment_frame, event_frame
 
 __all__ = ["FLUSH_SLICE", "Fanout", "Subscriber", "SymbolFilter", "resync_frame"]
@@ -282,9 +282,22 @@ class Fanout:
         while work:
             batch = work[-1]
             subs, data, target, head = batch.subs, batch.data, batch.target, batch.head
+            framed = None
             while subs:
                 sub = subs.pop()
                 if sub.detached:
+                    continue
+                direct = sub.direct
+                if direct is not None and not direct.flow.write_paused:
+                    # The fast path: one write of a chunk framed once for the whole batch. A paused
+                    # connection takes the ASGI path below, which waits for it in a task of its own.
+                    if not direct.disconnected:
+                        if framed is None:
+                            framed = chunk(data)
+                        direct.transport.write(framed)
+                    target.add(sub)
+                    if deadline is not None and not len(subs) & mask and time.perf_counter() > deadline:
+                        return False
                     continue
                 try:
                     pending = start_write(sub.write(data))
@@ -322,10 +335,16 @@ class Fanout:
     def heartbeat_once(self) -> None:
         """Send a comment to every idle subscriber so proxies and clients see the link is alive."""
         ping = comment_frame("ping")
+        framed = chunk(ping)
         self.flush()
         for cursor, by_filter in list(self._idle.items()):
             for subs in list(by_filter.values()):
                 for sub in list(subs):
+                    direct = sub.direct
+                    if direct is not None and not direct.flow.write_paused:
+                        if not direct.disconnected:
+                            direct.transport.write(framed)
+                        continue
                     try:
                         pending = start_write(sub.write(ping))
                     except Exception as exc:

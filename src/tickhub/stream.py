@@ -26,6 +26,7 @@ from .errors import ApiError, response_for
 from .fanout import Subscriber, SymbolFilter, resync_frame
 from .sequencer import parse_event_id, run_of
 from .store import StoreUnavailable
+from .subscriber import direct_cycle
 from .wire import SYMBOL_RE, retry_frame, tick_frame
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class TickStreamResponse:
         transport = getattr(getattr(send, "__self__", None), "transport", None)
         abort = abort_with_reset(transport)  # a reset, so the kernel frees what the client never read
         sub = Subscriber(write, finish, self.symbols, abort)
+        sub.direct = direct_cycle(send)
         receiver = asyncio.ensure_future(_until_disconnect(receive))
         opener = None if self.last_event_id is None else asyncio.ensure_future(self._resume(sub))
         if opener is None:

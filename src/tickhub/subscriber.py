@@ -22,6 +22,7 @@ class Subscriber:
         "closed",
         "cursor",
         "detached",
+        "direct",
         "finish",
         "overflows",
         "resync",
@@ -43,6 +44,10 @@ class Subscriber:
         self.cursor = 0
         #: Set (to the reason) when the stream lost continuity while a write to it was blocked.
         self.resync: str | None = None
+        #: uvicorn's request cycle (httptools, chunked) when the flusher may write to its transport itself:
+        #: one ``transport.write`` of a chunk framed once for everyone, instead of an ASGI ``send`` per
+        #: subscriber that frames and copies the body again (see :func:`direct_ok`). None: ASGI only.
+        self.direct: Any = None
         self.busy = False
         self.detached = False
         self.overflows = 0
@@ -75,6 +80,26 @@ def start_write(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     except StopIteration:
         return None
     return _resume(coro, yielded)
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked HTTP/1.1 body, as uvicorn's ``send`` frames it."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def direct_cycle(send: Any) -> Any:
+    """uvicorn's request cycle behind ``send`` if the fan-out may write to its transport directly: the
+    httptools protocol (h11 keeps its own framing state), a chunked response already started."""
+    cycle = getattr(send, "__self__", None)
+    if (
+        type(cycle).__module__.endswith("httptools_impl")
+        and getattr(cycle, "chunked_encoding", None) is True
+        and getattr(cycle, "response_started", False)
+        and hasattr(cycle, "flow")
+        and hasattr(cycle, "transport")
+    ):
+        return cycle
+    return None
 
 
 def abort(sub: Subscriber) -> None:
