@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import re
 import sys
@@ -158,9 +159,18 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    from sources import binance, coinbase, kraken, mock
+SOURCE_KINDS = (
+    ("mock", "random-walk prices as SSE"),
+    ("binance", "Binance spot trades (WebSocket, or REST polling) as SSE"),
+    ("coinbase", "Coinbase Exchange ticker as SSE"),
+    ("kraken", "Kraken WebSocket v2 ticker as SSE"),
+)
 
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. A source's module is imported only for ``tickhub source``: the hub, the bots
+    and ``tail`` neither pay for nor depend on the bridges' imports."""
+    argv = sys.argv[1:] if argv is None else argv
     top = argparse.ArgumentParser(prog="tickhub", description="tickhub market-data hub")
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -171,16 +181,14 @@ def parser() -> argparse.ArgumentParser:
 
     source = commands.add_parser("source", help="run a price source")
     kinds = source.add_subparsers(dest="kind", required=True)
-    for module, kind, help in (
-        (mock, "mock", "random-walk prices as SSE"),
-        (binance, "binance", "Binance spot trades (WebSocket, or REST polling) as SSE"),
-        (coinbase, "coinbase", "Coinbase Exchange ticker as SSE"),
-        (kraken, "kraken", "Kraken WebSocket v2 ticker as SSE"),
-    ):
+    for kind, help in SOURCE_KINDS:
         kind_parser = kinds.add_parser(kind, help=help)
-        module.add_arguments(kind_parser)
+        if argv[:1] == ["source"]:
+            module = importlib.import_module(f"sources.{kind}")
+            module.add_arguments(kind_parser)
+            kind_parser.set_defaults(main=module.main)
         kind_parser.add_argument("--log-level", default="info")
-        kind_parser.set_defaults(func=cmd_source, main=module.main)
+        kind_parser.set_defaults(func=cmd_source)
 
     bot = commands.add_parser("bot", help="run a trading bot (API key from TICKHUB_API_KEY)")
     from bots import runner
@@ -232,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = parser(argv).parse_args(argv)
     try:
         code = args.func(args)
     except SettingsError as exc:
