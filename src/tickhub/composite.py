@@ -1,6 +1,8 @@
 """Composite prices: one price per canonical instrument from the latest prices of all its venues.
 
-Every tick of a venue recomputes its instrument, in three steps (:func:`evaluate`):
+Each batch of ticks the hub is handed recomputes, once, every instrument a tick of the batch moved
+(at ingest speed a batch holds hundreds of ticks, so a composite costs little per source tick; one
+tick at a time, each tick recomputes its instruments), in three steps (:func:`evaluate`):
 
 1. Freshness. A venue's price is as old as the earlier of its source time and its arrival at the
    hub, and counts while that age is at most the window. So an old tick replayed after a
@@ -180,6 +182,10 @@ class CompositeBook:
         self._publish = publish
         #: The newest composite seq issued (at start: the newest persisted).
         self.last_seq = last_seq
+        #: Instruments moved since the last :meth:`settle` (a dict: ordered, no repeats), and each venue's
+        #: latest tick since then.
+        self.dirty: dict[InstrumentBook, None] = {}
+        self.moved: dict[VenuePrice, Tick] = {}
         self._ts_second = -1
         self._ts_prefix = ""
 
@@ -192,15 +198,32 @@ class CompositeBook:
                     book.venue(tick.source, spec).update(tick, now)
 
     def on_tick(self, tick: Tick, routes: tuple[Route, ...]) -> None:
-        """Recompute each instrument ``tick`` prices; ``routes`` are its symbol's."""
+        """Take ``tick`` and recompute the instruments it prices at once (one tick, one batch)."""
+        self.touch(tick, routes)
+        self.settle()
+
+    def touch(self, tick: Tick, routes: tuple[Route, ...]) -> None:
+        """Take ``tick`` as its venues' latest price; ``routes`` are its symbol's. The instruments it
+        prices are recomputed by :meth:`settle`, once per batch of ticks however many moved them."""
         if tick.source == COMPOSITE_SOURCE:  # a composite never feeds a composite
             return
-        now_us = time.time_ns() // 1000
-        now = now_us / 1e6
         for spec, book in routes:
             if spec.matches(tick.source):
-                book.venue(tick.source, spec).update(tick, now)
-                self._recompute(book, now, now_us)
+                self.moved[book.venue(tick.source, spec)] = tick  # the latest wins: one update per batch
+                self.dirty[book] = None
+
+    def settle(self) -> None:
+        """Recompute each instrument a tick moved since the last call, and publish what changed."""
+        if not self.dirty:
+            return
+        books, self.dirty = self.dirty, {}
+        moved, self.moved = self.moved, {}
+        now_us = time.time_ns() // 1000
+        now = now_us / 1e6
+        for venue, tick in moved.items():
+            venue.update(tick, now)
+        for book in books:  # in the order they were first moved
+            self._recompute(book, now, now_us)
 
     def _recompute(self, book: InstrumentBook, now: float, now_us: int) -> None:
         result = evaluate(book.venues, now, self.window, self.max_deviation)

@@ -205,14 +205,16 @@ class Hub:
 
     def _deliver(self, ticks: list[Tick]) -> None:
         """Ticks from the log, in id order: latest prices, the ring (and so every subscriber), then
-        the composite of each instrument a tick's symbol prices (one dict lookup when none)."""
+        the composite of each instrument the batch moved, once (one dict lookup per tick when none)."""
         market, publish, routes_of = self.market, self.fanout.publish, self._composite_routes.get
+        touch = self.composite.touch
         for tick in ticks:
             market.update(tick)
             publish(tick.id, tick.symbol, tick_frame(tick.id, tick.json))
             routes = routes_of(tick.symbol)
             if routes is not None:
-                self.composite.on_tick(tick, routes)
+                touch(tick, routes)
+        self.composite.settle()  # each instrument the batch moved, once
         if not self.sequencer:
             self.run = max(self.run, run_of(ticks[-1].id))
         self._delivered.set()
