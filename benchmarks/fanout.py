@@ -93,7 +93,14 @@ async def open_fleet(the_rig: Rig, n: int, *extra: str) -> tuple[Fleet, Reading]
 
 
 async def ramp(
-    args, kind: str, n: int, targets: list[float], replicas: int = 1, label: str = "", **hub_env: str
+    args,
+    kind: str,
+    n: int,
+    targets: list[float],
+    replicas: int = 1,
+    label: str = "",
+    workers: int = 1,
+    **hub_env: str,
 ) -> list[Step]:
     """Raise the publish rate step by step until p99 passes 100 ms or subscribers fall behind."""
     label = label or kind
@@ -101,7 +108,7 @@ async def ramp(
     steps: list[Step] = []
     async with (
         fresh_schema(args.database_url, "bench_fanout") as schema,
-        rig(kind, args.database_url, schema, replicas, **hub_env) as r,
+        rig(kind, args.database_url, schema, replicas, workers, **hub_env) as r,
     ):
         fleet, _ = await open_fleet(r, n)
         try:
@@ -121,6 +128,12 @@ async def ramp(
 async def replicas_ramp(args, replicas: int, n: int, targets: list[float]) -> list[Step]:
     """The ramp with ``replicas`` hubs sharing a Redis stream, the subscribers spread over them."""
     return await ramp(args, "tickhub", n, targets, replicas, f"{replicas}x redis", TICKHUB_BROKER_URL=args.redis_url)
+
+
+async def workers_ramp(args, workers: int, n: int, targets: list[float]) -> list[Step]:
+    """The ramp with ``tickhub hub --workers N``: N processes on one port sharing a Redis stream."""
+    label = f"{workers} worker{'s' if workers > 1 else ''}"
+    return await ramp(args, "tickhub", n, targets, 1, label, workers, TICKHUB_BROKER_URL=args.redis_url)
 
 
 async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 
 from .common import PYTHON, CpuMeter, Latency, free_port, get_json, spawn, stop, wait_http
 
@@ -155,8 +156,12 @@ class Rig:
         return f"http://127.0.0.1:{self.hub_port}"
 
     def hub_meter(self) -> CpuMeter:
-        """CPU and memory of every hub replica together."""
-        return CpuMeter([hub.pid for hub in self.hubs])
+        """CPU and memory of every hub replica together (and of the workers of a ``--workers`` hub)."""
+        pids = [hub.pid for hub in self.hubs]
+        for hub in self.hubs:
+            with contextlib.suppress(psutil.Error):
+                pids += [child.pid for child in psutil.Process(hub.pid).children()]
+        return CpuMeter(pids)
 
     async def set_rate(self, rate: float) -> None:
         url = f"http://127.0.0.1:{self.publisher_port}/rate"
@@ -167,11 +172,23 @@ class Rig:
         return await get_json(self.session, self.url + "/health")
 
 
+async def every_worker_answers(port: int, workers: int, timeout: float = 60) -> None:
+    """Until ``workers`` distinct hubs have answered on ``port`` (the kernel hashes each connection to one)."""
+    seen: set[str] = set()
+    async with asyncio.timeout(timeout):
+        while len(seen) < workers:
+            async with aiohttp.ClientSession() as session:
+                health = await get_json(session, f"http://127.0.0.1:{port}/health")
+            seen.add(health["hub_id"])
+
+
 @contextlib.asynccontextmanager
-async def rig(kind: str, database_url: str, schema: str, replicas: int = 1, **hub_env: str) -> AsyncIterator[Rig]:
+async def rig(
+    kind: str, database_url: str, schema: str, replicas: int = 1, workers: int = 1, **hub_env: str
+) -> AsyncIterator[Rig]:
     """``kind`` is "tickhub", "ring-sse" (benchmarks.ring_sse_hub) or "naive" (benchmarks.naive_hub);
-    ``hub_env`` are extra TICKHUB_* settings for the first two. ``replicas`` tickhub hubs share the
-    broker of ``TICKHUB_BROKER_URL`` in ``hub_env``."""
+    ``hub_env`` are extra TICKHUB_* settings for the first two. ``replicas`` tickhub hubs (each with
+    ``workers`` processes on its port) share the broker of ``TICKHUB_BROKER_URL`` in ``hub_env``."""
     publisher_port, hub_ports = free_port(), [free_port() for _ in range(replicas)]
     procs: list[Any] = [spawn([PYTHON, "-m", "benchmarks.publisher", "--port", str(publisher_port)])]
     source = f"http://127.0.0.1:{publisher_port}/stream"
@@ -189,7 +206,7 @@ async def rig(kind: str, database_url: str, schema: str, replicas: int = 1, **hu
         await wait_http(f"http://127.0.0.1:{publisher_port}/")
         for port in hub_ports:
             commands = {
-                "tickhub": ([PYTHON, "-m", "tickhub", "hub"], "/ping"),
+                "tickhub": ([PYTHON, "-m", "tickhub", "hub", "--workers", str(workers)], "/ping"),
                 "ring-sse": ([PYTHON, "-m", "benchmarks.ring_sse_hub", "--port", str(port)], "/health"),
                 "naive": ([PYTHON, "-m", "benchmarks.naive_hub", "--port", str(port), "--source", source], "/health"),
             }
@@ -197,6 +214,8 @@ async def rig(kind: str, database_url: str, schema: str, replicas: int = 1, **hu
             hubs.append(spawn(argv, {**env, "TICKHUB_PORT": str(port)}, quiet=False))
             procs.append(hubs[-1])
             await wait_http(f"http://127.0.0.1:{port}{ready}", timeout=60)
+            if workers > 1:
+                await every_worker_answers(port, workers)
         the_rig = Rig(hub_ports, publisher_port, procs, hubs)
         try:
             yield the_rig

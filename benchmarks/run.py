@@ -20,11 +20,11 @@ from tickhub import aio
 
 from . import report
 from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
-from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers
+from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers, workers_ramp
 from .idle import idle_subscribers
 from .ingest import composite_on_off, ingest_vs_copy, wal_on_off
 
-SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "wal", "replicas")
+SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "wal", "replicas", "workers")
 
 
 def plan(quick: bool) -> dict:
@@ -41,6 +41,7 @@ def plan(quick: bool) -> dict:
             "composite": (2, 50_000, 1),
             "wal": (2, 100_000, 1),
             "replicas": (1500, [150e3, 300e3, 600e3]),
+            "workers": (5000, [100e3, 250e3, 500e3]),
         }
     steps = [50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6, 5.6e6]
     return {
@@ -58,6 +59,7 @@ def plan(quick: bool) -> dict:
         "composite": (2, 100_000, 2),
         "wal": (2, 300_000, 2),
         "replicas": (1500, [150e3, 300e3, 600e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6]),
+        "workers": (5000, [100e3, 250e3, 500e3, 750e3, 1.0e6, 1.4e6]),
     }
 
 
@@ -88,6 +90,9 @@ async def main(args: argparse.Namespace) -> None:
     if "replicas" in only:
         n, targets = p["replicas"]
         results["replicas"] = [await replicas_ramp(args, replicas, n, targets) for replicas in (1, 3)]
+    if "workers" in only:
+        n, targets = p["workers"]
+        results["workers"] = [await workers_ramp(args, workers, n, targets) for workers in (1, 2)]
     results["seconds"] = time.perf_counter() - started
     out = Path(args.output or (".tickhub/BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import alive, free_port_block, get_json, running_demo, subscribe
+from helpers import alive, free_port_block, get_json, running_demo, subscribe, wait_for
 
 
 def clean_env() -> dict[str, str]:
@@ -46,7 +46,7 @@ async def test_three_replicas_share_one_stream_and_stop_cleanly(
         code = await demo.interrupt()
         assert code == 0, demo.text[-3000:]
         assert not [p for p in descendants if alive(p.pid)], "no stray processes"
-        assert "Traceback" not in demo.text and "stopped with exit code" not in demo.text
+        assert "Traceback" not in demo.text and "stopped with exit code" not in demo.text, demo.text[-6000:]
 
 
 def test_without_redis_the_cluster_demo_says_so_and_does_not_start(tmp_path: Path) -> None:
@@ -62,3 +62,30 @@ def test_without_redis_the_cluster_demo_says_so_and_does_not_start(tmp_path: Pat
     assert done.returncode == 2
     assert "Redis at redis://127.0.0.1:1/0 is not reachable" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "pgdata").exists()
+
+
+async def test_the_demo_with_two_workers_on_one_port_streams_and_stops_cleanly(
+    tmp_path: Path, redis_url: str, redis_keys: str
+) -> None:
+    port = free_port_block(4)  # the hub's workers on port, the mock sources from port+1
+    env = clean_env() | {
+        "TICKHUB_PORT": str(port),
+        "TICKHUB_DATA_DIR": str(tmp_path / "data"),
+        "TICKHUB_BROKER_URL": redis_url,
+        "TICKHUB_DATABASE_SCHEMA": redis_keys,
+    }
+    async with running_demo("--workers", "2", "--no-bots", "--interval", "0.1", env=env, cwd=tmp_path) as demo:
+
+        def workers() -> list:
+            return [p for p in demo.descendants() if alive(p.pid) and "--reuse-port" in " ".join(p.cmdline())]
+
+        await wait_for(lambda: len(workers()) == 2, 30, "both workers")
+        async with subscribe(f"http://127.0.0.1:{port}") as stream:
+            await stream.next_event("snapshot")
+            ticks = await stream.ticks(10)
+        assert len(ticks) == 10
+        descendants = demo.descendants()
+        code = await demo.interrupt()
+        assert code == 0, demo.text[-3000:]
+        assert not [p for p in descendants if alive(p.pid)], "no stray processes"
+        assert "Traceback" not in demo.text and "stopped with exit code" not in demo.text, demo.text[-6000:]

@@ -23,6 +23,13 @@ def _logging(level: str) -> None:
     )
 
 
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {raw}")
+    return value
+
+
 def cmd_hub(args: argparse.Namespace) -> int:
     from .connections import raise_open_files_limit
     from .embedded import database_url
@@ -35,10 +42,21 @@ def cmd_hub(args: argparse.Namespace) -> int:
         settings = settings.replace(port=args.port)
     _logging(settings.log_level)
     raise_open_files_limit()  # every subscriber is an open file; the default soft limit is often 1024
+    if args.workers > 1:
+        from .workers import check_broker, supervise
+
+        check_broker(settings, args.workers)
+        with database_url(settings.database_url, settings.data_dir) as url:
+            return aio.run(supervise(settings.replace(database_url=url), args.workers))
     with database_url(settings.database_url, settings.data_dir) as url:
         settings = settings.replace(database_url=url)
         server = build_server(settings)
-        sockets = [listen_socket(settings)] if settings.send_buffer else None
+        reuse = args.reuse_port
+        if reuse:  # a worker of --workers: its supervisor waits for this line, whatever the log level
+            from .workers import WORKER_READY
+
+            server.on_started = lambda: print(WORKER_READY, flush=True)
+        sockets = [listen_socket(settings, reuse_port=reuse)] if settings.send_buffer or reuse else None
         aio.run(server.serve(sockets=sockets))
     return 0 if server.started else 1
 
@@ -177,6 +195,13 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     hub = commands.add_parser("hub", help="run the hub (settings from TICKHUB_* and .env)")
     hub.add_argument("--host", default=None, help="overrides TICKHUB_HOST")
     hub.add_argument("--port", type=int, default=None, help="overrides TICKHUB_PORT")
+    hub.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="hub processes on the one port (SO_REUSEPORT), e.g. one per core; needs TICKHUB_BROKER_URL=redis://",
+    )
+    hub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers
     hub.set_defaults(func=cmd_hub)
 
     source = commands.add_parser("source", help="run a price source")
@@ -229,6 +254,14 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         choices=range(1, 10),
         metavar="N",
         help="N hub replicas on consecutive ports sharing a Redis stream (TICKHUB_BROKER_URL, default local Redis)",
+    )
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        choices=range(1, 65),
+        metavar="N",
+        help="N hub processes on the one port (tickhub hub --workers N) sharing a Redis stream, as --replicas",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -67,8 +67,11 @@ class Child:
     argv: Sequence[str]
     env: dict[str, str] = field(default_factory=dict)
     ready_url: str | None = None
+    #: Ready once it prints a line holding this (several children serving one port cannot be asked apart).
+    ready_line: str | None = None
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -91,14 +94,20 @@ class Supervisor:
         )
         self.children.append(child)
         child.pump = asyncio.create_task(self._pump(child))
-        if child.ready_url:
+        if child.ready_line:
+            await self._wait_ready_line(child)
+        elif child.ready_url:
             await self._wait_ready(child)
 
     async def _pump(self, child: Child) -> None:
         assert child.process is not None and child.process.stdout is not None
         prefix = f"{child.name:<{self.width}}| "
         async for line in child.process.stdout:
-            sys.stdout.write(prefix + line.decode(errors="replace"))
+            text = line.decode(errors="replace")
+            if child.ready_line is not None and child.ready_line in text:
+                child.ready.set()
+                continue
+            sys.stdout.write(prefix + text)
             sys.stdout.flush()
 
     async def _wait_ready(self, child: Child) -> None:
@@ -115,6 +124,20 @@ class Supervisor:
                             return
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{child.name} was not ready at {child.ready_url} within {READY_TIMEOUT:.0f}s")
+
+    async def _wait_ready_line(self, child: Child) -> None:
+        assert child.process is not None
+        ready = asyncio.ensure_future(child.ready.wait())
+        exited = asyncio.ensure_future(child.process.wait())
+        try:
+            await asyncio.wait((ready, exited), timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if not child.ready.is_set():
+            if child.process.returncode is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.process.returncode} while starting")
+            raise RuntimeError(f"{child.name} did not start within {READY_TIMEOUT:.0f}s")
 
     async def wait_any_exit(self) -> Child:
         """Return the first child that exits."""
@@ -209,8 +232,10 @@ def demo_children(
     live: str | None = None,
     replicas: int = 1,
     broker_url: str | None = None,
+    workers: int = 1,
 ) -> list[Child]:
-    """The sources, then the hub (or ``replicas`` hubs on consecutive ports sharing ``broker_url``)."""
+    """The sources, then the hub (or ``replicas`` hubs on consecutive ports, or ``workers`` on one port,
+    sharing ``broker_url``)."""
     python = sys.executable
     host, port = settings.host, settings.port
     children = []
@@ -257,9 +282,8 @@ def demo_children(
         if broker_url is not None:
             env["TICKHUB_BROKER_URL"] = broker_url
         name = "hub" if replicas == 1 else f"hub-{replica}"
-        children.append(
-            Child(name, [python, "-m", "tickhub", "hub"], env=env, ready_url=f"http://{host}:{port + replica}/ping")
-        )
+        argv = [python, "-m", "tickhub", "hub"] + (["--workers", str(workers)] if workers > 1 else [])
+        children.append(Child(name, argv, env=env, ready_url=f"http://{host}:{port + replica}/ping"))
     return children
 
 
@@ -320,6 +344,7 @@ async def _demo(
     live: str | None = None,
     replicas: int = 1,
     broker_url: str | None = None,
+    workers: int = 1,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -329,7 +354,7 @@ async def _demo(
     ticker: asyncio.Task[None] | None = None
     code = 0
     try:
-        for child in demo_children(settings, db_url, interval, live, replicas, broker_url):
+        for child in demo_children(settings, db_url, interval, live, replicas, broker_url, workers):
             if stop.is_set():
                 break
             await supervisor.start(child)
@@ -363,21 +388,24 @@ async def _demo(
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     replicas = getattr(args, "replicas", 1)
+    workers = getattr(args, "workers", 1)
+    if replicas > 1 and workers > 1:
+        print("demo: --replicas (a port each) or --workers (one port), not both", file=sys.stderr)
+        return 2
     broker_url = None
-    if replicas > 1:
+    if replicas > 1 or workers > 1:
         broker_url = settings.broker_url if settings.broker_url.startswith("redis") else CLUSTER_REDIS
         problem = redis_problem(broker_url)
         if problem is not None:
             print(
-                f"demo: {replicas} replicas share a Redis stream, and Redis at {broker_url} is not reachable "
+                f"demo: {max(replicas, workers)} hubs share a Redis stream, and Redis at {broker_url} is not reachable "
                 f"({problem}). Start one (redis-server) or set TICKHUB_BROKER_URL=redis://host:port/db.",
                 file=sys.stderr,
             )
             return 2
     with database_url(settings.database_url, settings.data_dir) as url:
-        return aio.run(
-            _demo(settings, url, args.interval, not args.no_bots, getattr(args, "live", None), replicas, broker_url)
-        )
+        live = getattr(args, "live", None)
+        return aio.run(_demo(settings, url, args.interval, not args.no_bots, live, replicas, broker_url, workers))
 
 
 CLUSTER_REDIS = "redis://127.0.0.1:6379/0"

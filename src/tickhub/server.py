@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -25,10 +26,17 @@ class HubServer(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called once the server listens and the hub has started (a worker tells its supervisor).
+        self.on_started: Callable[[], None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._drain_soon()
@@ -48,16 +56,20 @@ class HubServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(hub.begin_drain)
 
 
-def listen_socket(settings: Settings) -> socket.socket:
+def listen_socket(settings: Settings, reuse_port: bool = False) -> socket.socket:
     """The hub's listening socket, bound here rather than by uvicorn so that ``TICKHUB_SEND_BUFFER``
     applies: accepted connections inherit the listener's send buffer, which caps the kernel memory a
-    subscriber that stopped reading can hold (autotuning lets it grow to megabytes)."""
+    subscriber that stopped reading can hold (autotuning lets it grow to megabytes). ``reuse_port``:
+    one of several worker processes on the port (``tickhub hub --workers N``), the kernel spreading
+    connections over them."""
     family, kind, proto, _, address = socket.getaddrinfo(
         settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if settings.send_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer)
         sock.bind(address)
