@@ -12,7 +12,7 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("dashboard.png")
 CHROMIUM = os.environ.get("TICKHUB_CHROMIUM", "/usr/bin/chromium")
-WARM_UP = 25.0  # seconds of trading before the picture, so sparklines and candles have a shape
+WARM_UP = 40.0  # seconds of trading before the picture, so sparklines and 1s candles have a shape
 
 
 def free_block(n: int) -> int:
@@ -48,6 +48,7 @@ async def main() -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
+        drain: asyncio.Task[bytes] | None = None
         try:
             assert demo.stdout is not None
             async with asyncio.timeout(90):
@@ -59,11 +60,12 @@ async def main() -> None:
                 browser = await playwright.chromium.launch(
                     executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
                 )
-                page = await browser.new_page(viewport={"width": 1100, "height": 560})
+                page = await browser.new_page(viewport={"width": 1100, "height": 760})
                 await page.goto(f"http://127.0.0.1:{port}/")
-                await asyncio.sleep(WARM_UP)
                 await page.click('tr[data-symbol="BTCUSD"]')
-                await asyncio.sleep(2.5)
+                await page.select_option("#chart-interval", "1s")
+                await asyncio.sleep(WARM_UP)
+                await page.wait_for_function("window.tickhubChart.candles('BTCUSD')?.length > 0")
                 await page.screenshot(path=str(OUT))
                 await browser.close()
             print(f"saved {OUT}")
@@ -71,7 +73,8 @@ async def main() -> None:
             if demo.returncode is None:
                 demo.send_signal(signal.SIGINT)
                 await demo.wait()
-            drain.cancel()
+            if drain is not None:
+                drain.cancel()
 
 
 if __name__ == "__main__":

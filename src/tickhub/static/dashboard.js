@@ -1,14 +1,35 @@
-// tickhub dashboard: one EventSource on /stream, /health for the sources, candles for the chosen symbol.
-"use strict";
+// tickhub dashboard: one EventSource on /stream, /health for the sources, a candle chart of the chosen symbol.
+// Prices, quotes and spreads are shown as the hub's decimal text (decimal.js), never through a float.
+import * as decimal from "./decimal.js";
+import { CandleChart } from "./chart.js";
 
-const HISTORY = 120;              // prices kept per symbol for the sparkline
-const rows = new Map();           // symbol -> {tr, prices, first, last}
+const HISTORY = 120; // prices kept per symbol for the sparkline
+const NONE = "—"; // a field the source does not send
+const rows = new Map(); // symbol -> {tr, cells, prices, first, last, quote}
 let lastId = null;
 let selected = null;
 let source = null;
 let dirty = new Set();
+let resyncing = false;
 
 const $ = (sel) => document.querySelector(sel);
+
+let chart = null;
+try {
+  chart = new CandleChart($("#chart"), $("#chart-legend"));
+} catch (err) {
+  // the vendored chart did not load: the table still works
+  $("#chart-legend").textContent = `chart unavailable: ${err.message}`;
+}
+
+// Read-only view for scripts and tests: what the chart holds for a symbol, exact and as drawn.
+window.tickhubChart = Object.freeze({
+  symbol: () => chart?.symbol ?? null,
+  interval: () => chart?.interval ?? null,
+  loads: () => chart?.loads ?? 0,
+  candles: (symbol) => chart?.held(symbol) ?? null,
+  drawn: (symbol) => chart?.drawn(symbol) ?? null,
+});
 
 function setLink(live) {
   const link = $("#link");
@@ -29,11 +50,20 @@ function connect() {
     }
   };
   source.addEventListener("snapshot", (e) => {
-    for (const tick of JSON.parse(e.data).ticks) apply(tick);
+    // The newest tick of each symbol: the chart may hold it already, so it is not counted again.
+    for (const tick of JSON.parse(e.data).ticks) apply(tick, false);
+    seen(e.lastEventId);
+    if (resyncing && chart) chart.reload(); // ticks were skipped: the chart reads the hub's candles again
+    resyncing = false;
+  });
+  source.addEventListener("tick", (e) => {
+    apply(JSON.parse(e.data), true);
     seen(e.lastEventId);
   });
-  source.addEventListener("tick", (e) => { apply(JSON.parse(e.data)); seen(e.lastEventId); });
-  source.addEventListener("resync", (e) => console.info("resync", e.data));
+  source.addEventListener("resync", (e) => {
+    console.info("resync", e.data);
+    resyncing = true;
+  });
 }
 
 function seen(id) {
@@ -43,56 +73,92 @@ function seen(id) {
   $("#last-id").textContent = id;
 }
 
+const COLUMNS = ["symbol", "price", "change", "bid", "ask", "spread", "bps", "src", "age"];
+const NUMERIC = new Set(["price", "change", "bid", "ask", "spread", "bps", "age"]);
+
 function row(symbol) {
   let r = rows.get(symbol);
   if (r) return r;
   const tr = document.createElement("tr");
   tr.dataset.symbol = symbol;
-  tr.innerHTML = `<td class="symbol"></td><td class="num price"></td><td class="num change"></td>
-    <td class="src"></td><td class="num age"></td><td><svg class="spark" viewBox="0 0 160 28"
-    preserveAspectRatio="none"><polyline points=""/></svg></td>`;
-  tr.querySelector(".symbol").textContent = symbol;
+  const cells = {};
+  for (const name of COLUMNS) {
+    const td = tr.appendChild(document.createElement("td"));
+    td.className = td.dataset.base = (NUMERIC.has(name) ? "num " : "") + name;
+    td.textContent = NONE;
+    cells[name] = td;
+  }
+  cells.symbol.textContent = symbol;
+  tr.insertAdjacentHTML("beforeend", `<td><svg class="spark" viewBox="0 0 160 28"
+    preserveAspectRatio="none"><polyline points=""/></svg></td>`);
   tr.addEventListener("click", () => select(symbol));
   const body = $("#market tbody");
   const after = [...body.children].find((other) => other.dataset.symbol > symbol);
   body.insertBefore(tr, after || null);
-  r = { tr, prices: [], first: null, last: null };
+  r = { tr, cells, prices: [], first: null, last: null, before: null, quote: null };
   rows.set(symbol, r);
   if (!selected) select(symbol);
   return r;
 }
 
-function apply(tick) {
+function apply(tick, counted) {
   const r = row(tick.symbol);
-  const price = Number(tick.price);
-  if (r.first === null) r.first = price;
-  r.prices.push(price);
+  if (r.first === null) r.first = tick.price;
+  r.prices.push(Number(tick.price)); // sparkline coordinates only
   if (r.prices.length > HISTORY) r.prices.shift();
+  r.before = r.last ? r.last.price : tick.price;
   r.last = tick;
+  // A tick with no quote (a trade) leaves the last quote standing; the cells say it is older.
+  if ("bid" in tick || "ask" in tick) {
+    r.quote = { id: tick.id, ts: tick.ts, bid: tick.bid ?? null, ask: tick.ask ?? null,
+      bidQty: tick.bid_qty ?? null, askQty: tick.ask_qty ?? null };
+  }
   dirty.add(tick.symbol);
+  if (chart) chart.tick(tick, counted);
+}
+
+function show(cell, text, className = "", title = "") {
+  cell.textContent = text ?? NONE;
+  cell.className = cell.dataset.base + (className ? " " + className : "");
+  cell.title = title;
 }
 
 function render() {
   for (const symbol of dirty) {
     const r = rows.get(symbol);
+    const { cells, last } = r;
+    const move = decimal.compare(last.price, r.before);
+    const trade = [last.qty && `qty ${last.qty}`, last.side, last.trade_id && `trade ${last.trade_id}`];
+    show(cells.price, last.price, move > 0 ? "up" : move < 0 ? "down" : "", trade.filter(Boolean).join(" · "));
+    const change = decimal.percentChange(r.first, last.price);
+    const sign = change === null ? 0 : decimal.compare(change, "0");
+    show(cells.change, change === null ? null : `${sign >= 0 ? "+" : ""}${change}%`, sign > 0 ? "up" : sign < 0 ? "down" : "");
+    show(cells.src, last.source);
+    quote(r);
     const prices = r.prices;
-    const price = prices[prices.length - 1];
-    const before = prices.length > 1 ? prices[prices.length - 2] : price;
-    const cell = r.tr.querySelector(".price");
-    cell.textContent = r.last.price;
-    cell.className = "num price " + (price > before ? "up" : price < before ? "down" : "");
-    const change = r.first ? ((price - r.first) / r.first) * 100 : 0;
-    const changeCell = r.tr.querySelector(".change");
-    changeCell.textContent = (change >= 0 ? "+" : "") + change.toFixed(2) + "%";
-    changeCell.className = "num change " + (change > 0 ? "up" : change < 0 ? "down" : "");
-    r.tr.querySelector(".src").textContent = r.last.source;
     const lo = Math.min(...prices), hi = Math.max(...prices), span = hi - lo || 1;
     const step = 160 / Math.max(1, HISTORY - 1);
     r.tr.querySelector("polyline").setAttribute("points",
       prices.map((p, i) => `${(i * step).toFixed(1)},${(26 - ((p - lo) / span) * 24).toFixed(1)}`).join(" "));
   }
   dirty = new Set();
+  if (chart) chart.render();
   requestAnimationFrame(render);
+}
+
+// Bid, ask and the spread between them, absolute and in basis points of the mid price.
+function quote(r) {
+  const { cells, quote: q } = r;
+  if (!q) return;
+  const held = q.id !== r.last.id ? "held" : "";
+  const when = held && `quote of ${q.ts}`;
+  show(cells.bid, q.bid, held, [q.bidQty && `size ${q.bidQty}`, when].filter(Boolean).join(" · "));
+  show(cells.ask, q.ask, held, [q.askQty && `size ${q.askQty}`, when].filter(Boolean).join(" · "));
+  const spread = q.bid && q.ask ? decimal.subtract(q.ask, q.bid) : null;
+  const crossed = spread !== null && decimal.compare(spread, "0") <= 0 ? "crossed" : "";
+  const flags = [held, crossed].filter(Boolean).join(" ");
+  show(cells.spread, spread, flags, crossed && "the bid is not below the ask");
+  show(cells.bps, q.bid && q.ask ? decimal.spreadBps(q.bid, q.ask) : null, flags);
 }
 
 function ages() {
@@ -100,7 +166,7 @@ function ages() {
   for (const r of rows.values()) {
     if (!r.last) continue;
     const age = Math.max(0, (now - Date.parse(r.last.ts)) / 1000);
-    r.tr.querySelector(".age").textContent = age < 60 ? `${age.toFixed(1)}s` : `${Math.floor(age / 60)}m`;
+    r.cells.age.textContent = age < 60 ? `${age.toFixed(1)}s` : `${Math.floor(age / 60)}m`;
   }
 }
 
@@ -114,7 +180,7 @@ async function health() {
       const chip = document.createElement("div");
       chip.className = "source " + s.state;
       chip.dataset.source = name;
-      const lag = s.lag_ms === null ? "—" : `${Math.round(s.lag_ms)} ms`;
+      const lag = s.lag_ms === null ? NONE : `${Math.round(s.lag_ms)} ms`;
       chip.innerHTML = `<strong></strong> <span class="state"></span> · lag ${lag} · rejects ${s.rejected}`;
       chip.querySelector("strong").textContent = name;
       chip.querySelector(".state").textContent = s.state;
@@ -129,42 +195,12 @@ function select(symbol) {
   selected = symbol;
   for (const r of rows.values()) r.tr.classList.toggle("selected", r.tr.dataset.symbol === symbol);
   $("#chart-symbol").textContent = symbol;
-  candles();
+  if (chart) chart.show(symbol, $("#chart-interval").value);
 }
 
-async function candles() {
-  if (!selected) return;
-  const interval = $("#chart-interval").value;
-  try {
-    const response = await fetch(`/prices/${encodeURIComponent(selected)}/candles?interval=${interval}&limit=60`);
-    if (response.ok) draw((await response.json()).candles);
-  } catch (err) {
-    // try again on the next tick of the timer
-  }
-}
-
-function draw(list) {
-  const canvas = $("#chart");
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  if (!list.length) return;
-  const highs = list.map((c) => Number(c.high)), lows = list.map((c) => Number(c.low));
-  const hi = Math.max(...highs), lo = Math.min(...lows), span = hi - lo || 1;
-  const y = (v) => 10 + (1 - (v - lo) / span) * (canvas.height - 20);
-  const w = canvas.width / 60;
-  list.forEach((c, i) => {
-    const [o, h, l, cl] = [c.open, c.high, c.low, c.close].map(Number);
-    const x = i * w + w / 2;
-    ctx.strokeStyle = ctx.fillStyle = cl >= o ? "#3fb950" : "#f85149";
-    ctx.beginPath(); ctx.moveTo(x, y(h)); ctx.lineTo(x, y(l)); ctx.stroke();
-    ctx.fillRect(x - w * 0.35, Math.min(y(o), y(cl)), w * 0.7, Math.max(1, Math.abs(y(o) - y(cl))));
-  });
-}
-
-$("#chart-interval").addEventListener("change", candles);
+$("#chart-interval").addEventListener("change", () => selected && select(selected));
 connect();
 requestAnimationFrame(render);
 setInterval(ages, 1000);
 setInterval(health, 2000);
-setInterval(candles, 2000);
 health();
