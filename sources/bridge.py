@@ -124,7 +124,7 @@ class ExchangeBridge:
         if self.seen.is_repeat(quote):
             self.repeats += 1
             return False
-        self.feed.publish(symbol, price, quote.ts, quote.trade_id)
+        self.feed.publish(symbol, price, quote.ts, None if quote.trade_id is None else {"trade_id": quote.trade_id})
         self.published += 1
         return True
 

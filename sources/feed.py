@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,14 +72,17 @@ class SourceFeed:
     def consumers(self) -> int:
         return len(self._cursors)
 
-    def publish(self, symbol: str, price: str, ts: datetime | str | None = None, trade_id: str | None = None) -> int:
-        """Append one tick event (``trade_id``: the exchange's, if the price is a trade); returns its seq."""
+    def publish(
+        self, symbol: str, price: str, ts: datetime | str | None = None, fields: Mapping[str, str | None] | None = None
+    ) -> int:
+        """Append one tick event; returns its seq. ``fields``: the optional ones the source has (size,
+        side, trade id, best quote; see tickhub.wire), by name, already validated."""
         seq = self.next_seq
         self.next_seq = seq + 1
         if ts is None:
             ts = datetime.now(UTC)
         ts_text = ts if isinstance(ts, str) else format_ts(ts)
-        frame = tick_frame(seq, source_tick_json(self.name, symbol, price, ts_text, seq, trade_id))
+        frame = tick_frame(seq, source_tick_json(self.name, symbol, price, ts_text, seq, fields))
         self._frames[seq % self.capacity] = frame
         if self.latest_first:
             self._newest[symbol] = (seq, frame)

@@ -43,7 +43,10 @@ HOSTILE_SYMBOLS = st.one_of(
     HOSTILE_TEXT,
     st.text(max_size=50),
 )
-GOOD_PRICES = st.from_regex(r"(0|[1-9][0-9]{0,23})(\.[0-9]{1,18})?", fullmatch=True).filter(lambda p: p.strip("0."))
+GOOD_PRICES = st.one_of(  # above zero by construction: a filter would throw most small draws away
+    st.from_regex(r"[1-9][0-9]{0,23}(\.[0-9]{1,18})?", fullmatch=True),
+    st.from_regex(r"0\.[0-9]{0,16}[1-9][0-9]?", fullmatch=True),
+)
 HOSTILE_PRICES = st.one_of(
     st.from_regex(r"[0-9]{1,24}(\.[0-9]{1,18})?", fullmatch=True),  # leading zeros too
     st.from_regex(r"[0-9]{1,24}(\.[0-9]{1,18})?", fullmatch=False),
@@ -96,12 +99,45 @@ HOSTILE_TRADE_IDS = st.one_of(
     st.floats(),
     st.lists(st.integers(), max_size=2),
 )
+#: A quote's size may be 0; a trade's size, a bid and an ask may not.
+GOOD_SIZES = st.one_of(GOOD_PRICES, st.sampled_from(["0", "0.0", "0.00000000"]))
+HOSTILE_AMOUNTS = st.one_of(HOSTILE_PRICES, st.none(), st.booleans(), st.sampled_from(["-0", "+1", "1.", ".5"]))
+GOOD_SIDES = st.sampled_from(["buy", "sell"])
+HOSTILE_SIDES = st.one_of(
+    st.sampled_from(["BUY", "Sell", "b", "", " buy", "buy\n", "bid", "ask"]), HOSTILE_TEXT, st.none(), st.integers()
+)
 FIELDS = {
     "symbol": (GOOD_SYMBOLS, HOSTILE_SYMBOLS),
     "price": (GOOD_PRICES, HOSTILE_PRICES),
     "ts": (GOOD_TIMESTAMPS, HOSTILE_TIMESTAMPS),
     "seq": (GOOD_SEQS, HOSTILE_SEQS),
 }
+#: The optional fields, in wire order: good and hostile values.
+OPTIONAL = {
+    "qty": (GOOD_PRICES, HOSTILE_AMOUNTS),
+    "side": (GOOD_SIDES, HOSTILE_SIDES),
+    "trade_id": (GOOD_TRADE_IDS, HOSTILE_TRADE_IDS),
+    "bid": (GOOD_PRICES, HOSTILE_AMOUNTS),
+    "bid_qty": (GOOD_SIZES, HOSTILE_AMOUNTS),
+    "ask": (GOOD_PRICES, HOSTILE_AMOUNTS),
+    "ask_qty": (GOOD_SIZES, HOSTILE_AMOUNTS),
+}
+
+
+# Mostly good, so that ticks with all seven come up; hypothesis draws the first choice most often.
+KINDS = st.sampled_from(["good"] * 6 + ["absent"] * 3 + ["hostile"])
+
+
+@st.composite
+def optional_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """Some of the optional fields, each absent, good or hostile; a size mostly comes with its price."""
+    fields: dict[str, Any] = {}
+    for name, (good, hostile) in OPTIONAL.items():
+        kind = draw(KINDS)
+        if kind == "absent" or (kind == "good" and name.endswith("_qty") and name[:3] not in fields):
+            continue
+        fields[name] = draw(good if kind == "good" else hostile)
+    return fields
 
 
 @st.composite
@@ -118,9 +154,7 @@ def source_event_objects(
             obj[name] = draw(good)
         elif kind < 19:
             obj[name] = draw(hostile)
-    kind = draw(st.integers(0, 9))  # optional: absent, good or hostile
-    if kind >= 4:
-        obj["trade_id"] = draw(GOOD_TRADE_IDS if kind < 8 else HOSTILE_TRADE_IDS)
+    obj.update(draw(optional_fields()))
     if draw(st.booleans()):
         obj["source"] = draw(st.one_of(st.just("mock"), st.text(max_size=10)))
     return obj, draw(st.booleans())

@@ -31,7 +31,7 @@ from tickhub.config import Settings
 
 SOAK = os.environ.get("TICKHUB_SOAK") == "1"
 RUNS = 20 if SOAK else 3
-STORED = "SELECT id, seq, extra ->> 'trade_id' AS trade_id FROM ticks WHERE source = 'binance' ORDER BY id"
+STORED = "SELECT id, seq, trade_id FROM ticks WHERE source = 'binance' ORDER BY id"
 
 
 def spawn_bridge(fake: TradingBinance, port: int, log: Path) -> subprocess.Popen[bytes]:

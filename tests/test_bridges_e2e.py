@@ -104,9 +104,7 @@ async def test_exchange_trade_ids_reach_subscribers_postgresql_and_history_exact
 async def stored_trade_ids(settings: Settings) -> list[str | None]:
     conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.database_schema})
     try:
-        rows = await conn.fetch(
-            "SELECT extra ->> 'trade_id' AS trade_id FROM ticks WHERE source = 'binance' ORDER BY id"
-        )
+        rows = await conn.fetch("SELECT trade_id FROM ticks WHERE source = 'binance' ORDER BY id")
     finally:
         await conn.close()
     return [r["trade_id"] for r in rows]

@@ -20,7 +20,7 @@ from tickhub.errors import ApiError
 from tickhub.http import decode_model
 from tickhub.openapi import OPERATIONS, Media, build_openapi
 from tickhub.routes import CANDLE_INTERVALS
-from tickhub.wire import format_ts
+from tickhub.wire import OPTIONAL_FIELDS, format_ts
 
 ORDER = {"symbol": "META", "side": "buy", "qty": 1}
 
@@ -178,7 +178,8 @@ def exact(model: type, payload: Any) -> None:
 
 
 async def test_every_json_answer_is_exactly_its_model(settings: Settings) -> None:
-    frames = [tick_event(1, "BTCUSD", "43000.10", trade_id="t-1"), tick_event(2, "META", "100.01")]
+    trade = {"qty": "0.5", "side": "buy", "trade_id": "t-1", "bid": "43000.00", "bid_qty": "0", "ask": "43000.10"}
+    frames = [tick_event(1, "BTCUSD", "43000.10", **trade, ask_qty="2.5"), tick_event(2, "META", "100.01")]
     async with (
         scripted_source(frames) as (url, _),
         running_hub(settings.replace(sources=(("v", url),), instruments="", test_delay=0.0)) as hub,
@@ -197,7 +198,7 @@ async def test_every_json_answer_is_exactly_its_model(settings: Settings) -> Non
             queue = await checked.call("GET", "/tasks/queue")
             assert [t.get("position") for t in queue["tasks"]] == [1], "an open task shows its position"
             prices = await checked.call("GET", "/prices")
-            assert {"trade_id", "venues"} <= {k for tick in prices["prices"] for k in tick}
+            assert {*OPTIONAL_FIELDS, "venues"} <= {k for tick in prices["prices"] for k in tick}
             for template, path in (
                 ("/prices/{symbol}", "/prices/BTC-USD"),
                 ("/prices/{symbol}/history", "/prices/BTCUSD/history"),
@@ -213,6 +214,8 @@ async def test_every_json_answer_is_exactly_its_model(settings: Settings) -> Non
             ):
                 answer = await checked.call("GET", template, path)
                 assert all(value != [] for value in answer.values()), f"{template}: every list has an item to check"
+                if template.endswith("/candles"):
+                    assert answer["candles"][-1]["vwap"] == "43000.1", "a candle with volume is checked too"
             async with session.get(f"{hub.url}/prices/NOPE") as response:
                 assert response.status == 404
                 exact(answers.Error, orjson.loads(await response.read()))

@@ -24,13 +24,14 @@ from aiohttp import web
 from helpers import running_hub, start_site, subscribe, wait_for
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from strategies import HOSTILE_SEQS, encode_event, source_event_objects
+from strategies import HOSTILE_SEQS, encode_event, optional_fields, source_event_objects
 
 from tickhub.config import Settings
-from tickhub.wire import SourceTick, SSEParser, TickRejected, parse_source_tick, source_tick_json
+from tickhub.wire import OPTIONAL_FIELDS, SourceTick, SSEParser, TickRejected, parse_source_tick, source_tick_json
 
 SOAK = os.environ.get("TICKHUB_SOAK") == "1"
 WINDOW = 10**6  # each burst's valid seqs lie in a window of their own, above every earlier burst's
+NO_FIELDS = (None,) * len(OPTIONAL_FIELDS)
 MAX_LINE = 4096  # the hub's TICKHUB_SOURCE_MAX_LINE here, so that oversized lines are cheap to make
 T = TypeVar("T")
 
@@ -72,9 +73,13 @@ class Renderer:
     def __call__(self, item: tuple) -> bytes:
         kind = item[0]
         if kind == "tick":
-            _, symbol, price, ts, seq, event_id, trade_id = item
+            _, symbol, price, ts, seq, event_id, fields = item
             seq = self.seq(seq)
-            data = source_tick_json("x", symbol, price, ts, seq, trade_id)
+            try:
+                data = source_tick_json("x", symbol, price, ts, seq, fields)
+            except TypeError:  # an integer past 64 bits, which orjson refuses: the stdlib writes it
+                obj = {"source": "x", "symbol": symbol, "price": price, "ts": ts, "seq": seq, **fields}
+                data = encode_event({k: v for k, v in obj.items() if v is not None}, True)
             return frame(data, str(self.seq(event_id)).encode())
         if kind == "object":
             _, obj, ascii_only, event_id = item
@@ -113,7 +118,7 @@ def items(draw: st.DrawFn) -> tuple:
             draw(st.sampled_from(["2026-11-23T19:00:00.000000Z"] * 5 + ["2026-11-23\n19:00:00.000000Z"])),
             draw(RELATIVE_SEQS),
             draw(RELATIVE_SEQS),
-            draw(st.sampled_from([None, None, "3512345678", "a-B_9", "1 2", "x" * 65])),  # an exchange's trade id
+            draw(optional_fields()),  # size, side, trade id, best quote: good, hostile or absent
         )
     if kind <= 6:  # any JSON object, fields good, hostile or missing; the seq may come from the id line
         obj, ascii_only = draw(source_event_objects(RELATIVE_SEQS, STALE_OR_BAD))
@@ -230,8 +235,8 @@ class FuzzRig:
         )
         try:
             query = (
-                "SELECT id, seq, symbol, price::text, extra ->> 'trade_id' FROM ticks"
-                " WHERE source = 'fuzz' AND seq > $1 AND seq < $2"
+                "SELECT id, seq, symbol, price::text, qty::text, side, trade_id, bid::text, bid_qty::text,"
+                " ask::text, ask_qty::text FROM ticks WHERE source = 'fuzz' AND seq > $1 AND seq < $2"
             )
             return [tuple(r) for r in await conn.fetch(query + " ORDER BY id", low, high)]
         finally:
@@ -282,11 +287,11 @@ def test_a_hostile_source_never_breaks_the_stream_or_persistence(rig: FuzzRig, p
     rig.run(wait_for(lambda: hub.writer.persisted_id >= last_id, 20, "the writer"))
     rig.run(wait_for(lambda: rig.stream_ids and rig.stream_ids[-1] >= last_id, 20, "the subscriber"))
 
-    want = [(t.seq, t.symbol, t.price, (t.extra or {}).get("trade_id")) for t in expected]
+    want = [(t.seq, t.symbol, t.price, *(t.fields.values() if t.fields else NO_FIELDS)) for t in expected]
     stored = rig.run(rig.rows(base, base + WINDOW))
     assert [tuple(row[1:]) for row in stored] == want, "stored once each, in order"
     streamed = rig.streamed[before:]
-    assert [(t["seq"], t["symbol"], t["price"], t.get("trade_id")) for t in streamed] == want, (
+    assert [(t["seq"], t["symbol"], t["price"], *map(t.get, OPTIONAL_FIELDS)) for t in streamed] == want, (
         "streamed once each, in order"
     )
     assert [int(t["id"]) for t in streamed] == [i for i, *_ in stored], "the ids streamed are the ids stored"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,13 +16,22 @@ from hypothesis import strategies as st
 
 from tickhub.broker_memory import _LOGS, MemoryBroker
 from tickhub.wal import HEADER, WriteAheadLog, encode
-from tickhub.wire import Tick
+from tickhub.wire import Tick, TickFields
 
 BASE = 5 * 10**12
 
 
-def tick(n: int, symbol: str = "BTCUSD", extra: dict | None = None) -> Tick:
-    return Tick(BASE + n, "mock", symbol, f"{100 + n}.25", datetime(2026, 12, 1, tzinfo=UTC), 1000 + n, None, extra)
+def tick(n: int, symbol: str = "BTCUSD", extra: dict | None = None, fields: TickFields | None = None) -> Tick:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    return Tick(BASE + n, "mock", symbol, f"{100 + n}.25", at, 1000 + n, None, extra, fields)
+
+
+SOME_FIELDS = [
+    None,
+    TickFields.of(qty="0.5", side="buy", trade_id="7", bid="1.10", bid_qty="0", ask="1.20", ask_qty="3"),
+    TickFields.of(bid="99.5", ask="100.0"),
+    TickFields.of(trade_id="a-B_9"),
+]
 
 
 def batches(ticks: list[Tick], size: int) -> list[list[Tick]]:
@@ -35,7 +45,12 @@ def append(wal: WriteAheadLog, *records: list[Tick]) -> None:
 
 def test_records_read_back_byte_for_byte(tmp_path: Path) -> None:
     ticks = [
-        tick(n, extra={"venues": [{"source": "a\\b", "price": "1"}]} if n % 3 == 0 else None) for n in range(1, 50)
+        tick(
+            n,
+            extra={"venues": [{"source": "a\\b", "price": "1"}]} if n % 3 == 0 else None,
+            fields=SOME_FIELDS[n % len(SOME_FIELDS)],
+        )
+        for n in range(1, 50)
     ]
     wal = WriteAheadLog(tmp_path)
     assert wal.open() == []
@@ -44,6 +59,31 @@ def test_records_read_back_byte_for_byte(tmp_path: Path) -> None:
     again = WriteAheadLog(tmp_path)
     assert [t.json for t in again.open()] == [t.json for t in ticks]
     assert again.torn == 0 and again.corrupt == 0
+
+
+def test_records_written_before_ticks_had_optional_fields_still_read_back(tmp_path: Path) -> None:
+    """A log left by the version before the optional fields: rows of 7 columns (id … seq, extra), an
+    exchange's trade id inside extra. They read back as ticks whose JSON is the bytes streamed then."""
+    streamed = [
+        b'{"id":"5000000000001","source":"mock","symbol":"BTCUSD","price":"101.25","ts":"2026-12-01T00:00:00.000000Z","seq":1001}',
+        b'{"id":"5000000000002","source":"binance","symbol":"BINANCE:BTCUSDT","price":"43211.01000000",'
+        b'"ts":"2026-12-01T00:00:00.000000Z","seq":1002,"trade_id":"3512345678"}',
+        b'{"id":"5000000000003","source":"composite","symbol":"BTC-USD","price":"7","ts":"2026-12-01T00:00:00.000000Z",'
+        b'"seq":1003,"venues":[{"price":"7","source":"a\\\\b"}]}',
+    ]
+    rows = (
+        b"5000000000001\tmock\tBTCUSD\t101.25\t2026-12-01T00:00:00.000000Z\t1001\t\\N\n"
+        b"5000000000002\tbinance\tBINANCE:BTCUSDT\t43211.01000000\t2026-12-01T00:00:00.000000Z\t1002\t"
+        b'{"trade_id":"3512345678"}\n'
+        b"5000000000003\tcomposite\tBTC-USD\t7\t2026-12-01T00:00:00.000000Z\t1003\t"
+        b'{"venues":[{"price":"7","source":"a\\\\\\\\b"}]}\n'
+    )
+    (tmp_path / f"{5000000000001:020d}.wal").write_bytes(HEADER.pack(len(rows), zlib.crc32(rows)) + rows)
+    wal = WriteAheadLog(tmp_path)
+    ticks = wal.open()
+    assert [t.json for t in ticks] == streamed
+    assert ticks[1].fields == TickFields.of(trade_id="3512345678") and ticks[1].extra is None
+    assert wal.corrupt == 0 and wal.torn == 0
 
 
 @settings(max_examples=60, deadline=None, database=None)

@@ -12,12 +12,16 @@ from tickhub.wire import (
     SourceTick,
     SSEParser,
     Tick,
+    TickFields,
     TickRejected,
     format_ts,
     parse_source_tick,
     source_tick_json,
     tick_frame,
+    tick_from_json,
 )
+
+TICK_ORDER = ["id", "source", "symbol", "price", "ts", "seq"]
 
 
 def feed_all(parser: SSEParser, *chunks: bytes) -> list:
@@ -134,15 +138,91 @@ def test_malformed_source_ticks_are_rejected_with_a_reason(data: bytes, reason: 
     assert info.value.reason == reason
 
 
-def test_an_exchange_trade_id_is_carried_as_an_extra_field() -> None:
+def test_an_exchange_trade_id_is_carried_as_a_field_after_seq() -> None:
     tick = parse_source_tick(good(trade_id="3512345678"))
-    assert tick.extra == {"trade_id": "3512345678"}
-    assert parse_source_tick(good()).extra is None
-    data = source_tick_json("binance", "BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", 9, "77")
+    assert tick.fields == TickFields.of(trade_id="3512345678") and tick.extra is None
+    assert parse_source_tick(good()).fields is None
+    data = source_tick_json(
+        "binance", "BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", 9, {"trade_id": "77"}
+    )
     assert data.endswith(b',"seq":9,"trade_id":"77"}')
-    assert parse_source_tick(data).extra == {"trade_id": "77"}
-    sequenced = Tick(5, "binance", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra)
+    assert parse_source_tick(data).fields == TickFields.of(trade_id="77")
+    sequenced = Tick(5, "binance", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, None, tick.fields)
     assert sequenced.json.endswith(b',"seq":42,"trade_id":"3512345678"}')
+
+
+ALL_FIELDS = {
+    "qty": "0.00150000",
+    "side": "sell",
+    "trade_id": "3512345678",
+    "bid": "43211.00000000",
+    "bid_qty": "0",
+    "ask": "43211.01000000",
+    "ask_qty": "2.50",
+}
+
+
+def test_every_optional_field_follows_seq_in_wire_order_then_extra() -> None:
+    shuffled = dict(reversed(ALL_FIELDS.items()))
+    data = source_tick_json("binance", "BTCUSD", "43211.01", "2026-11-23T19:00:00.121000Z", 9, shuffled)
+    assert data.endswith(
+        b',"seq":9,"qty":"0.00150000","side":"sell","trade_id":"3512345678","bid":"43211.00000000",'
+        b'"bid_qty":"0","ask":"43211.01000000","ask_qty":"2.50"}'
+    )
+    tick = parse_source_tick(data)
+    assert tick.fields is not None and tick.fields.as_dict() == ALL_FIELDS
+    assert (tick.fields.qty, tick.fields.side, tick.fields.ask_qty) == ("0.00150000", "sell", "2.50")
+    sequenced = Tick(5, "c", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, {"venues": []}, tick.fields)
+    assert list(orjson.loads(sequenced.json)) == [*TICK_ORDER, *ALL_FIELDS, "venues"]
+    assert tick_from_json(sequenced.json).json == sequenced.json
+    (fast,) = feed_all(SSEParser(ticks=True), tick_frame(9, data))
+    assert fast == tick and fast.fields is not None and fast.fields.json == tick.fields.json
+
+
+def test_extra_may_not_name_an_optional_field() -> None:
+    with pytest.raises(ValueError, match="trade_id"):
+        Tick(5, "c", "X", "1", datetime(2026, 11, 23, tzinfo=UTC), 1, None, {"trade_id": "1"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"qty": "0"}, "bad_qty"),  # a trade of nothing
+        ({"qty": "0.000"}, "bad_qty"),
+        ({"qty": "-1"}, "bad_qty"),
+        ({"qty": "1e3"}, "bad_qty"),
+        ({"qty": "01.5"}, "bad_qty"),
+        ({"qty": 1.5}, "bad_qty"),
+        ({"qty": None}, "bad_qty"),  # null is no value: absent fields are left out
+        ({"qty": "1.5\n"}, "bad_qty"),
+        ({"side": "BUY"}, "bad_side"),
+        ({"side": "b"}, "bad_side"),
+        ({"side": True}, "bad_side"),
+        ({"side": ["buy"]}, "bad_side"),
+        ({"bid": "0"}, "bad_bid"),
+        ({"bid": "NaN"}, "bad_bid"),
+        ({"ask": "0.0"}, "bad_ask"),
+        ({"ask": "\u0661"}, "bad_ask"),
+        ({"bid": "1", "bid_qty": "-0"}, "bad_bid_qty"),
+        ({"bid_qty": "1"}, "bad_bid_qty"),  # a size without its price
+        ({"ask_qty": "0"}, "bad_ask_qty"),
+        ({"ask": "1", "ask_qty": "1" * 25}, "bad_ask_qty"),
+    ],
+)
+def test_a_bad_optional_field_rejects_the_tick_whole(fields: dict, reason: str) -> None:
+    data = orjson.dumps({"symbol": "BTCUSD", "price": "1.5", "ts": "2026-11-23T10:00:00.000000Z", "seq": 1} | fields)
+    with pytest.raises(TickRejected) as info:
+        parse_source_tick(data)
+    assert info.value.reason == reason
+    (item,) = feed_all(SSEParser(ticks=True), tick_frame(1, data))
+    assert type(item) is not SourceTick, "the fast path refuses it too"
+
+
+def test_quote_sizes_may_be_zero_and_a_quote_may_come_without_a_trade() -> None:
+    fields = {"bid": "43000.5", "bid_qty": "0", "ask": "43001", "ask_qty": "0.000"}
+    tick = parse_source_tick(good(**fields))
+    assert tick.fields is not None and tick.fields.as_dict() == fields
+    assert tick.fields.qty is None and tick.fields.side is None
 
 
 @pytest.mark.parametrize(
@@ -162,7 +242,7 @@ def test_a_bad_trade_id_is_rejected_whole(trade_id: object) -> None:
 
 def test_trade_ids_of_every_allowed_shape_pass() -> None:
     for trade_id in ("0", "3512345678", "a-B_9", "x" * 64, "c8a5b1f0-7d2e-4e6b-9a51-2d0f6f3a9c11"):
-        assert parse_source_tick(good(trade_id=trade_id)).extra == {"trade_id": trade_id}
+        assert parse_source_tick(good(trade_id=trade_id)).fields == TickFields.of(trade_id=trade_id)
 
 
 def test_tick_json_and_frame_round_trip_through_the_parser() -> None:
@@ -240,6 +320,18 @@ def test_parser_matches_the_reference_for_any_chunking() -> None:
         assert got == reference_parse(stream), chunks
 
 
+AMOUNTS = (["1.5", "0", "43000.12000000", "0.000000000000000001"], ["0.000", "007", "-1", "1e5", "1" * 25, "1.5\n", ""])
+FIELD_VARIANTS = {  # per field: good values (0 is not one for qty, bid and ask), hostile ones
+    "qty": AMOUNTS,
+    "side": (["buy", "sell"], ["BUY", " buy", "", "hold"]),
+    "trade_id": (["3512345678", "a-B_9", "x" * 64], ["x" * 65, "", "1 2", "1\n"]),
+    "bid": AMOUNTS,
+    "bid_qty": AMOUNTS,
+    "ask": AMOUNTS,
+    "ask_qty": AMOUNTS,
+}
+
+
 def tick_variants(rng: random.Random) -> tuple[bytes, bool]:
     """A tick frame as sources write it, maybe with values the hub must refuse or in another form;
     and whether it is in the form source_tick_json writes with a canonical timestamp."""
@@ -255,13 +347,17 @@ def tick_variants(rng: random.Random) -> tuple[bytes, bool]:
         ]
     )
     symbol = rng.choice(["BTCUSD", "BINANCE:BTCUSDT", "btcusd", "X" * 40, "X" * 41, "-X"])
-    trade_id = rng.choice([None, None, "3512345678", "a-B_9", "x" * 64, "x" * 65, "", "1 2", "1\n"])
+    fields = {
+        name: rng.choice(good if rng.random() < 0.9 else hostile)
+        for name, (good, hostile) in FIELD_VARIANTS.items()
+        if rng.random() < 0.3  # each present or not: every combination comes up
+    }
     canonical = rng.random() < 0.8
     if canonical:
-        data = source_tick_json(rng.choice(["mock", "a-b_c", ""]), symbol, price, ts, seq, trade_id)
+        data = source_tick_json(rng.choice(["mock", "a-b_c", ""]), symbol, price, ts, seq, fields)
     else:  # the same values, keys in another order: only the general path reads these
         obj = {"seq": seq, "ts": ts, "price": price, "symbol": symbol, "source": "mock"}
-        data = orjson.dumps(obj if trade_id is None else {"trade_id": trade_id, **obj})
+        data = orjson.dumps({**dict(reversed(fields.items())), **obj})
     return tick_frame(seq if seq > 0 else 1, data), canonical and len(ts) == 27 and ts.endswith("Z")
 
 
@@ -270,7 +366,7 @@ def test_the_tick_fast_path_agrees_with_parse_source_tick_on_every_frame() -> No
     equal to its result; every refused or unusual frame comes out as the event, for the general path."""
     rng = random.Random(20261201)
     fast = 0
-    for _ in range(3000):
+    for _ in range(6000):
         frame, canonical = tick_variants(rng)
         (event,) = feed_all(SSEParser(), frame)
         try:

@@ -21,6 +21,7 @@ from strategies import source_events
 from tickhub.store import STORED_COLUMNS, Store, copy_rows
 from tickhub.wire import (
     CANONICAL_TS_RE,
+    OPTIONAL_FIELDS,
     PRICE_RE,
     SYMBOL_RE,
     SourceTick,
@@ -35,7 +36,9 @@ from tickhub.wire import (
 
 SOAK = os.environ.get("TICKHUB_SOAK") == "1"
 EXAMPLES = 3000 if SOAK else 300
-REASONS = {"bad_json", "missing_field", "bad_seq", "bad_symbol", "bad_price", "bad_ts", "bad_trade_id"}
+REASONS = {"bad_json", "missing_field", "bad_seq", "bad_symbol", "bad_price", "bad_ts"} | {
+    f"bad_{name}" for name in OPTIONAL_FIELDS
+}
 #: What no tick's JSON may hold: a control character or a line separator (a frame is one line).
 FRAME_UNSAFE = re.compile(r"[\x00-\x1f\u2028\u2029\x7f]")
 
@@ -64,7 +67,10 @@ def test_an_accepted_tick_survives_frame_json_and_log_byte_for_byte(data: bytes,
     assert SYMBOL_RE.fullmatch(tick.symbol) and PRICE_RE.fullmatch(tick.price)
     assert CANONICAL_TS_RE.fullmatch(tick.ts) and tick.time.tzinfo is not None
     assert type(tick.seq) is int and 0 < tick.seq < 1 << 63
-    sequenced = Tick(hub_id, "mock", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra)
+    sequenced = Tick(hub_id, "mock", tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra, tick.fields)
+    fields = {} if tick.fields is None else tick.fields.as_dict()
+    event(f"accepted with {len(fields)} optional fields")
+    assert fields == {k: v for k, v in orjson.loads(data).items() if k in OPTIONAL_FIELDS}, "each field as sent"
     # The JSON body: one object, the same fields, no character that needs escaping in a frame.
     assert orjson.loads(sequenced.json) == {
         "id": str(hub_id),
@@ -73,8 +79,9 @@ def test_an_accepted_tick_survives_frame_json_and_log_byte_for_byte(data: bytes,
         "price": tick.price,
         "ts": tick.ts,
         "seq": tick.seq,
-        **(tick.extra or {}),
+        **fields,
     }
+    assert list(orjson.loads(sequenced.json))[6:] == [k for k in OPTIONAL_FIELDS if k in fields], "in wire order"
     assert not FRAME_UNSAFE.search(sequenced.json.decode())
     # The SSE frame: exactly one event, whose data is the JSON, whatever the chunking.
     frame = tick_frame(hub_id, sequenced.json)
@@ -126,7 +133,8 @@ def test_accepted_ticks_come_back_from_postgresql_byte_for_byte(schema_with_tick
     if not ticks:
         return
     sequenced = [
-        Tick(10**12 + n, "mock", t.symbol, t.price, t.time, n, t.ts, t.extra) for n, t in enumerate(ticks, start=1)
+        Tick(10**12 + n, "mock", t.symbol, t.price, t.time, n, t.ts, t.extra, t.fields)
+        for n, t in enumerate(ticks, start=1)
     ]
     asyncio.run(_copy_and_read_back(schema_with_ticks, sequenced))
 
@@ -142,10 +150,13 @@ async def _copy_and_read_back(dsn_schema: str, ticks: list[Tick]) -> None:
                 yield copy_rows(ticks)
 
             await conn.copy_to_table("ticks", source=chunks(), columns=STORED_COLUMNS, schema_name=schema)
-            rows = await conn.fetch("SELECT id, source, symbol, price::text, ts, seq, extra FROM ticks ORDER BY id")
     finally:
         await conn.close()
-    back = [Tick(*r[:6], None, r[6] and orjson.loads(r[6])).json for r in rows]
-    assert back == [t.json for t in ticks]
-    assert all(r[4] == t.time and r[4].tzinfo is not None for r, t in zip(rows, ticks, strict=True))
-    assert datetime.min.replace(tzinfo=UTC) <= min(r[4] for r in rows)
+    store = await Store.open(dsn, schema)
+    try:  # read back as the hub's replays and history read it
+        back = await store.ticks_after(0, 1 << 62, None, len(ticks))
+    finally:
+        await store.close()
+    assert [t.json for t in back] == [t.json for t in ticks]
+    assert all(b.time == t.time and b.time.tzinfo is not None for b, t in zip(back, ticks, strict=True))
+    assert datetime.min.replace(tzinfo=UTC) <= min(b.time for b in back)

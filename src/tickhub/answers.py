@@ -16,6 +16,11 @@ from .models import Side
 
 DecimalText = Annotated[str, Meta(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="An exact decimal number.")]
 Time = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+_DECIMAL = r"(0|[1-9][0-9]{0,23})(\.[0-9]{1,18})?"
+PositiveText = Annotated[
+    str, Meta(pattern=f"^(?!0*(\\.0*)?$){_DECIMAL}$", description="An exact decimal number above zero.")
+]
+SizeText = Annotated[str, Meta(pattern=f"^{_DECIMAL}$", description="An exact decimal number, 0 or more.")]
 CandleInterval = Literal["1s", "1m", "5m", "1h"]
 
 
@@ -43,7 +48,8 @@ class VenueQuote(Struct):
 
 
 class Tick(Struct):
-    """One price observation with its place in the hub stream."""
+    """One price observation with its place in the hub stream. The optional fields follow ``seq`` in
+    this order when the source has them, never as 0 or null when it has not; ``venues`` comes last."""
 
     id: Annotated[str, Meta(description="The hub id: opaque, strictly increasing.")]
     source: str
@@ -51,16 +57,27 @@ class Tick(Struct):
     price: DecimalText
     ts: Annotated[Time, Meta(description="Source time, UTC.")]
     seq: Annotated[int, Meta(description="The source's own event number.")]
+    qty: (
+        Annotated[PositiveText, Meta(description="The trade's size, when the tick is a trade and the source has it.")]
+        | UnsetType
+    ) = UNSET
+    side: (
+        Annotated[Side, Meta(description="The trade's aggressor: buy lifted the ask, sell hit the bid.")] | UnsetType
+    ) = UNSET
     trade_id: (
         Annotated[
             str,
             Meta(
                 pattern="^[0-9A-Za-z_-]{1,64}$",
-                description="The exchange's own id of the trade, when the tick is one (Binance, Coinbase).",
+                description="The exchange's own id of the trade, when the tick is one (Binance, Coinbase, Kraken).",
             ),
         ]
         | UnsetType
     ) = UNSET
+    bid: Annotated[PositiveText, Meta(description="The best bid when the tick was sent.")] | UnsetType = UNSET
+    bid_qty: Annotated[SizeText, Meta(description="The size at the best bid (0: none).")] | UnsetType = UNSET
+    ask: Annotated[PositiveText, Meta(description="The best ask when the tick was sent.")] | UnsetType = UNSET
+    ask_qty: Annotated[SizeText, Meta(description="The size at the best ask (0: none).")] | UnsetType = UNSET
     venues: (
         Annotated[
             list[VenueQuote],
@@ -98,16 +115,28 @@ class Symbols(Struct):
 
 
 class Candle(Struct):
+    """One bucket of persisted ticks: open and close by source time (then hub order)."""
+
     start: Time
     open: DecimalText
     high: DecimalText
     low: DecimalText
     close: DecimalText
-    count: int
+    count: Annotated[int, Meta(description="Ticks in the bucket, trades and quote updates alike.")]
+    volume: Annotated[
+        DecimalText | None, Meta(description="The sum of the trades' sizes; null when no tick carried a size.")
+    ]
+    trades: Annotated[int, Meta(description="Ticks that carried a size (trades).")]
+    vwap: Annotated[
+        DecimalText | None,
+        Meta(
+            description="sum(price * qty) / volume, to 18 decimal places, trailing zeros trimmed; null without volume."
+        ),
+    ]
 
 
 class Candles(Struct):
-    """OHLC candles of one symbol from persisted ticks, oldest first."""
+    """OHLCV candles of one symbol from persisted ticks, oldest first, with trade count and VWAP."""
 
     symbol: str
     interval: CandleInterval

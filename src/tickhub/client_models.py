@@ -84,6 +84,26 @@ class Tick:
         """The exchange's own trade id, when the source has one."""
         return self.extra.get("trade_id")
 
+    @property
+    def qty(self) -> Decimal | None:
+        """The trade's size, when the tick is a trade whose source reports it."""
+        return _decimal(self.extra.get("qty"))
+
+    @property
+    def side(self) -> str | None:
+        """``buy`` or ``sell``: the side of the trade's aggressor, when the source reports it."""
+        return self.extra.get("side")
+
+    @property
+    def bid(self) -> Decimal | None:
+        """The best bid when the tick was sent, when the source reports it (``bid_qty`` in ``extra``)."""
+        return _decimal(self.extra.get("bid"))
+
+    @property
+    def ask(self) -> Decimal | None:
+        """The best ask when the tick was sent, when the source reports it (``ask_qty`` in ``extra``)."""
+        return _decimal(self.extra.get("ask"))
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -109,6 +129,12 @@ class Candle:
     low: Decimal
     close: Decimal
     count: int
+    #: The sum of the trades' sizes, None when no tick of the bucket carried one (a source without sizes).
+    volume: Decimal | None = None
+    #: The ticks that carried a size.
+    trades: int = 0
+    #: Volume-weighted average price, None without volume.
+    vwap: Decimal | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Candle:
@@ -119,6 +145,9 @@ class Candle:
             Decimal(obj["low"]),
             Decimal(obj["close"]),
             obj["count"],
+            _decimal(obj.get("volume")),
+            obj.get("trades", 0),
+            _decimal(obj.get("vwap")),
         )
 
 

@@ -136,8 +136,18 @@ async def candles(request: Request) -> Response:
             "symbol": symbol,
             "interval": name,
             "candles": [
-                {"start": format_ts(start), "open": o, "high": h, "low": low, "close": c, "count": n}
-                for start, o, h, low, c, n in rows
+                {
+                    "start": format_ts(start),
+                    "open": o,
+                    "high": h,
+                    "low": low,
+                    "close": c,
+                    "count": n,
+                    "volume": volume,
+                    "trades": trades,
+                    "vwap": vwap,
+                }
+                for start, o, h, low, c, n, volume, trades, vwap in rows
             ],
         }
     )

@@ -62,6 +62,8 @@ class Sequencer:
         self._n += 1
         if self._n >= RUN_SPAN:
             raise OverflowError("hub id space of this run exhausted; restart the hub")
-        sequenced = Tick(self.base + self._n, source, tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra)
+        sequenced = Tick(
+            self.base + self._n, source, tick.symbol, tick.price, tick.time, tick.seq, tick.ts, tick.extra, tick.fields
+        )
         self._sink(sequenced)
         return sequenced

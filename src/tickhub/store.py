@@ -13,13 +13,14 @@ import asyncpg
 import orjson
 import stamina
 
-from .wire import Tick
+from .wire import NO_FIELDS_ROW, OPTIONAL_FIELDS, Tick, TickFields
 
 log = logging.getLogger("tickhub.store")
 
 TICK_COLUMNS = ("id", "source", "symbol", "price", "ts", "seq")
-#: What the writer stores: the common columns and ``extra`` (jsonb, NULL for ordinary ticks).
-STORED_COLUMNS = (*TICK_COLUMNS, "extra")
+#: What the writer stores: the common columns, the optional fields (NULL when absent) and ``extra``
+#: (jsonb, NULL for ordinary ticks), in the order of a tick's JSON.
+STORED_COLUMNS = (*TICK_COLUMNS, *OPTIONAL_FIELDS, "extra")
 #: Hub ids are ``run * RUN_SPAN + n``: ids grow across restarts without persisting every id.
 RUN_SPAN = 10**12
 
@@ -32,18 +33,28 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
 )
 
-_SELECT_TICK = "SELECT id, source, symbol, price::text, ts, seq, extra FROM ticks"
+# Amounts come back as text: numeric keeps the scale it was given ("1.50"), so a tick rebuilt from its
+# row is the bytes the source sent.
+_TICK_VALUES = (
+    "id, source, symbol, price::text, ts, seq,"
+    " qty::text, side, trade_id, bid::text, bid_qty::text, ask::text, ask_qty::text, extra"
+)
+_SELECT_TICK = f"SELECT {_TICK_VALUES} FROM ticks"
 
 SQL_NEW_RUN = "INSERT INTO hub_runs (host) VALUES ($1) RETURNING run"
 SQL_LAST_SEQ = "SELECT max(seq) FROM ticks WHERE source = $1"
-SQL_LATEST = "SELECT id, source, symbol, price::text, ts, seq, extra FROM latest_ticks ORDER BY id"
+SQL_LATEST = f"SELECT {_TICK_VALUES} FROM latest_ticks ORDER BY id"
 SQL_UPSERT_LATEST = """
-INSERT INTO latest_ticks (symbol, source, id, price, ts, seq, extra)
+INSERT INTO latest_ticks (symbol, source, id, price, ts, seq, qty, side, trade_id, bid, bid_qty, ask, ask_qty, extra)
 SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[], $7::jsonb[]
-) AS u (symbol, source, id, price, ts, seq, extra) ORDER BY symbol, source
+    $1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::timestamptz[], $6::bigint[], $7::numeric[],
+    $8::text[], $9::text[], $10::numeric[], $11::numeric[], $12::numeric[], $13::numeric[], $14::jsonb[]
+) AS u (symbol, source, id, price, ts, seq, qty, side, trade_id, bid, bid_qty, ask, ask_qty, extra)
+ORDER BY symbol, source
 ON CONFLICT (symbol, source) DO UPDATE
-    SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq, extra = EXCLUDED.extra
+    SET id = EXCLUDED.id, price = EXCLUDED.price, ts = EXCLUDED.ts, seq = EXCLUDED.seq, qty = EXCLUDED.qty,
+        side = EXCLUDED.side, trade_id = EXCLUDED.trade_id, bid = EXCLUDED.bid, bid_qty = EXCLUDED.bid_qty,
+        ask = EXCLUDED.ask, ask_qty = EXCLUDED.ask_qty, extra = EXCLUDED.extra
     WHERE latest_ticks.id < EXCLUDED.id
 """
 SQL_STAGE = "CREATE TEMP TABLE ticks_staging (LIKE ticks) ON COMMIT DROP"
@@ -61,14 +72,22 @@ SQL_HISTORY_NEWEST = (
     "SELECT * FROM (" + _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3"
     " ORDER BY ts DESC, id DESC LIMIT $4) AS t ORDER BY ts, id"
 )
+# Volume counts the ticks that carry a size (trades); a quote-only tick adds to count, never to volume.
+# VWAP is exact sums divided in numeric (the 18 zero decimals make the division keep at least 18), then
+# rounded to 18 places and trimmed of trailing zeros; NULL, like volume, when the bucket had no trade.
 SQL_CANDLES = """
-SELECT bucket, open::text, high::text, low::text, close::text, n FROM (
+SELECT bucket, open::text, high::text, low::text, close::text, n, volume::text, trades,
+       trim_scale(round((notional + 0.000000000000000000) / volume, 18))::text
+FROM (
     SELECT date_bin($2::interval, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
            (array_agg(price ORDER BY ts, id))[1] AS open,
            max(price) AS high,
            min(price) AS low,
            (array_agg(price ORDER BY ts DESC, id DESC))[1] AS close,
-           count(*) AS n
+           count(*) AS n,
+           sum(qty) AS volume,
+           count(qty) AS trades,
+           sum(price * qty) AS notional
     FROM ticks WHERE symbol = $1 AND ts >= $3 AND ts < $4
     GROUP BY bucket ORDER BY bucket DESC LIMIT $5
 ) AS c ORDER BY bucket
@@ -123,12 +142,27 @@ def unavailable_as_error() -> AsyncIterator[None]:
 
 
 def _tick(row: Sequence) -> Tick:
-    extra = row[6]
-    return Tick(row[0], row[1], row[2], row[3], row[4], row[5], None, None if extra is None else orjson.loads(extra))
+    extra = row[13]
+    return Tick(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        None,
+        None if extra is None else orjson.loads(extra),
+        TickFields.of(*row[6:13]),
+    )
 
 
-def _extra_text(tick: Tick) -> str | None:
-    return None if tick.extra is None else tick.extra.decode()
+_NO_FIELDS = (None,) * len(OPTIONAL_FIELDS)
+
+
+def _latest_row(t: Tick) -> tuple:
+    """A tick as the values of one latest_ticks row (the order of SQL_UPSERT_LATEST's arrays)."""
+    fields = _NO_FIELDS if t.fields is None else t.fields.values()
+    return (t.symbol, t.source, t.id, t.price, t.time, t.seq, *fields, None if t.extra is None else t.extra.decode())
 
 
 def _printable(text: str) -> str:
@@ -142,12 +176,13 @@ def copy_rows(ticks: Sequence[Tick]) -> bytes:
     Text rather than binary COPY: building one bytes string costs the hub a quarter of the CPU of
     asyncpg's per-field binary encoding, and PostgreSQL parses the text on its own core (measured:
     BENCHMARKS.md, "Ingest"). The text format needs no escaping for fields that cannot hold a tab,
-    newline or backslash, which the edges guarantee (source names, symbols and prices match their
-    patterns, ts is canonical); the extra JSON may hold backslashes, which COPY needs doubled.
+    newline or backslash, which the edges guarantee (source names, symbols, prices and the optional
+    fields match their patterns, ts is canonical); the extra JSON may hold backslashes, which COPY
+    needs doubled. The optional fields are a tick's :attr:`TickFields.row`, made once at ingest.
     """
     return b"".join(
         [
-            b"%d\t%b\t%b\t%b\t%b\t%d\t%b\n"
+            b"%d\t%b\t%b\t%b\t%b\t%d\t%b\t%b\n"
             % (
                 t.id,
                 t.source.encode(),
@@ -155,6 +190,7 @@ def copy_rows(ticks: Sequence[Tick]) -> bytes:
                 t.price.encode(),
                 t.ts.encode(),
                 t.seq,
+                NO_FIELDS_ROW if t.fields is None else t.fields.row,
                 b"\\N" if t.extra is None else t.extra.replace(b"\\", b"\\\\"),
             )
             for t in ticks
@@ -277,9 +313,7 @@ class Store:
         # In key order: replicas' writers update the same rows, and the same order for all of them is
         # what keeps two transactions from each waiting for a row the other holds (a deadlock).
         newest = [latest[key] for key in sorted(latest)]
-        columns = list(
-            zip(*((t.symbol, t.source, t.id, t.price, t.time, t.seq, _extra_text(t)) for t in newest), strict=True)
-        )
+        columns = list(zip(*map(_latest_row, newest), strict=True))
         with unavailable_as_error():
             async with self.pool.acquire() as conn:
                 try:
@@ -365,9 +399,10 @@ class Store:
 
     async def candles(
         self, symbol: str, interval: timedelta, since: datetime, until: datetime, limit: int
-    ) -> list[tuple[datetime, str, str, str, str, int]]:
-        """OHLC and tick count per ``interval`` bucket in [since, until), oldest first, at most the
-        newest ``limit`` buckets; open and close follow source time, then hub order."""
+    ) -> list[tuple[datetime, str, str, str, str, int, str | None, int, str | None]]:
+        """OHLC, tick count, volume, trade count and VWAP per ``interval`` bucket in [since, until),
+        oldest first, at most the newest ``limit`` buckets; open and close follow source time, then hub
+        order. Volume and VWAP are None for a bucket without a tick that carries a size."""
         with unavailable_as_error():
             rows = await self.pool.fetch(SQL_CANDLES, symbol, interval, since, until, limit)
         return [tuple(r) for r in rows]

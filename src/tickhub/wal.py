@@ -34,14 +34,16 @@ from pathlib import Path
 
 import orjson
 
-from .store import copy_rows
-from .wire import Tick
+from .store import STORED_COLUMNS, copy_rows
+from .wire import NO_FIELDS_ROW, Tick, TickFields, check_trade_id
 
 log = logging.getLogger("tickhub.wal")
 
 HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 SEGMENT_BYTES = 16 << 20
 SUFFIX = ".wal"
+ROW_COLUMNS = len(STORED_COLUMNS)
+_NO_FIELDS = NO_FIELDS_ROW.split(b"\t")
 
 
 class WalInUse(OSError):
@@ -59,21 +61,40 @@ def encode(ticks: Sequence[Tick]) -> bytes:
 
 
 def parse_rows(payload: bytes) -> list[Tick]:
-    """The ticks of :func:`tickhub.store.copy_rows` text, byte for byte the same JSON again."""
+    """The ticks of :func:`tickhub.store.copy_rows` text, byte for byte the same JSON again.
+
+    Rows of 14 columns are today's; rows of 7 (id … seq, extra) were written before ticks had their
+    optional fields, when an exchange's ``trade_id`` was kept in extra: it is read back as the field,
+    and the tick's JSON is the same bytes (the field followed ``seq`` then too)."""
     ticks = []
     for line in payload.split(b"\n")[:-1]:
         fields = line.split(b"\t")
-        if len(fields) != 7:
+        if len(fields) not in (ROW_COLUMNS, 7):
             raise CorruptRecord(f"a row of {len(fields)} fields")
-        tick_id, source, symbol, price, ts, seq, extra = fields
-        ts_text = ts.decode()
+        tick_id, source, symbol, price, ts, seq, *optional, extra = fields
         extra_obj = None if extra == b"\\N" else orjson.loads(extra.replace(b"\\\\", b"\\"))
+        tick_fields = None
+        if optional and optional != _NO_FIELDS:
+            tick_fields = TickFields.of(*(None if v == b"\\N" else v.decode() for v in optional))
+        elif extra_obj and "trade_id" in extra_obj:  # a row of 7
+            tick_fields = TickFields.of(trade_id=check_trade_id(extra_obj.pop("trade_id")))
+        ts_text = ts.decode()
         try:
             time = datetime.fromisoformat(ts_text)
         except ValueError as exc:
             raise CorruptRecord(str(exc)) from None
         ticks.append(
-            Tick(int(tick_id), source.decode(), symbol.decode(), price.decode(), time, int(seq), ts_text, extra_obj)
+            Tick(
+                int(tick_id),
+                source.decode(),
+                symbol.decode(),
+                price.decode(),
+                time,
+                int(seq),
+                ts_text,
+                extra_obj,
+                tick_fields,
+            )
         )
     return ticks
 

@@ -1,6 +1,7 @@
 """The wire format every part of tickhub speaks: ticks, their JSON, SSE frames and an SSE parser.
 
-This module imports nothing else of tickhub, so sources, bots and the hub all build on it.
+This module imports nothing else of tickhub but its other half, :mod:`tickhub.tick_fields` (a tick's
+optional fields), so sources, bots and the hub all build on it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,19 @@ from typing import Any, NamedTuple
 
 import orjson
 
+# The optional fields are the wire's other half (tick_fields); everything of the wire is importable from here.
+from .tick_fields import (  # noqa: F401
+    DECIMAL_RE,
+    NO_FIELDS_ROW,
+    OPTIONAL_FIELDS,
+    SIDES,
+    TRADE_ID_RE,
+    TickFields,
+    TickRejected,
+    check_fields,
+    check_trade_id,
+)
+
 # Every pattern ends in ``\Z``, not ``$``: ``$`` also matches before a final newline, and a symbol
 # "EVIL\n" that passed would break the SSE frame and the COPY row it is formatted into. With ``\Z``
 # every ``.match`` of these patterns is a whole-string match.
@@ -19,27 +33,17 @@ import orjson
 #: Upper-case symbols: ``BTCUSD``, ``BTC-USD``, venue-qualified ``BINANCE:BTCUSDT``. No ``/``, so a
 #: symbol is always one URL path segment (bridges write Kraken's ``BTC/USD`` as ``KRAKEN:BTC-USD``).
 SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9._:-]{0,39}\Z")
-#: A plain positive decimal: no sign, no exponent, no NaN or infinity, no leading zero (PostgreSQL's
-#: numeric would drop it, and the stored price would no longer be the bytes the source sent).
-PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,23})(\.[0-9]{1,18})?\Z")
+#: A plain positive decimal (:data:`DECIMAL_RE`; above zero is checked apart).
+PRICE_RE = DECIMAL_RE
 #: Source names as given in ``TICKHUB_SOURCES``.
 SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")
 #: The wire's own timestamp form (:func:`format_ts`), kept as sent; anything else is parsed and reformatted.
 #: ``fromisoformat`` alone is no check of the text: it takes any character between date and time, a newline too.
 CANONICAL_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
-#: An exchange's own trade id (Binance ``t``, Coinbase ``trade_id``), as a string: digits mostly; letters,
-#: ``_`` and ``-`` allowed for venues whose ids are not numbers. Nothing in it needs escaping in JSON or COPY.
-TRADE_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
 #: The fields every tick has, in their order on the wire.
 TICK_FIELDS = frozenset(("id", "source", "symbol", "price", "ts", "seq"))
-
-
-class TickRejected(ValueError):
-    """A source event that is not a valid tick; ``reason`` is the counter it goes to."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+#: Every field name the wire defines: an ``extra`` field may be none of them.
+WIRE_FIELDS = TICK_FIELDS | frozenset(OPTIONAL_FIELDS)
 
 
 class Tick:
@@ -54,14 +58,15 @@ class Tick:
     canonical). Formatting is also what keeps a tick small: the bytes orjson returns are each backed
     by a 4 KiB page while they live, so a queue of ticks cost 4 KiB each (BENCHMARKS.md, "Profile").
 
-    ``extra`` holds fields beyond the six every tick has (an exchange's ``trade_id``, a composite's
-    contributing ``venues``):
-    they follow ``seq`` in the JSON, encoded with sorted keys at every depth. PostgreSQL's jsonb
-    reorders keys, so a canonical encoding is what makes a tick rebuilt from its row encode to the
-    same bytes as the live one. The attribute is that encoded object (or None).
+    ``fields`` holds the optional fields (:class:`TickFields`: size, side, trade id, best quote) or
+    None; they follow ``seq`` in the JSON, in the order of :data:`OPTIONAL_FIELDS`. ``extra`` holds
+    anything else a tick carries (a composite's contributing ``venues``): it follows them, encoded
+    with sorted keys at every depth. PostgreSQL's jsonb reorders keys, so a canonical encoding is what
+    makes a tick rebuilt from its row encode to the same bytes as the live one. The attribute is that
+    encoded object (or None).
     """
 
-    __slots__ = ("extra", "id", "json", "price", "seq", "source", "symbol", "time", "ts")
+    __slots__ = ("extra", "fields", "id", "json", "price", "seq", "source", "symbol", "time", "ts")
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Tick:
         seq: int,
         ts: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        fields: TickFields | None = None,
     ) -> None:
         self.id = id
         self.source = source
@@ -81,15 +87,17 @@ class Tick:
         self.time = time
         self.ts = ts = ts if ts is not None else format_ts(time)
         self.seq = seq
+        self.fields = fields
         self.extra: bytes | None = None
         head = f'{{"id":"{id}","source":"{source}","symbol":"{symbol}","price":"{price}","ts":"{ts}","seq":{seq}'
         if not extra:
-            self.json = f"{head}}}".encode()
+            self.json = f"{head}}}".encode() if fields is None else head.encode() + fields.json + b"}"
             return
-        if not TICK_FIELDS.isdisjoint(extra):
-            raise ValueError(f"extra fields may not replace {sorted(TICK_FIELDS & set(extra))}")
+        if not WIRE_FIELDS.isdisjoint(extra):
+            raise ValueError(f"extra fields may not replace {sorted(WIRE_FIELDS & set(extra))}")
         self.extra = memoryview(orjson.dumps(extra, option=orjson.OPT_SORT_KEYS)).tobytes()  # a copy: see above
-        self.json = head.encode() + b"," + self.extra[1:]
+        tail = b"," if fields is None else fields.json + b","
+        self.json = head.encode() + tail + self.extra[1:]
 
     def as_dict(self) -> dict[str, Any]:
         return orjson.loads(self.json)
@@ -103,8 +111,9 @@ def tick_from_json(data: bytes | str) -> Tick:
     encodes to the same bytes again."""
     obj = orjson.loads(data)
     ts = obj["ts"]
-    extra = {k: v for k, v in obj.items() if k not in TICK_FIELDS} or None
-    return Tick(int(obj["id"]), obj["source"], obj["symbol"], obj["price"], parse_ts(ts), obj["seq"], ts, extra)
+    fields = TickFields.of(*map(obj.get, OPTIONAL_FIELDS))
+    extra = {k: v for k, v in obj.items() if k not in WIRE_FIELDS} or None
+    return Tick(int(obj["id"]), obj["source"], obj["symbol"], obj["price"], parse_ts(ts), obj["seq"], ts, extra, fields)
 
 
 def format_ts(dt: datetime) -> str:
@@ -149,13 +158,6 @@ def check_symbol(value: object) -> str:
     return value
 
 
-def check_trade_id(value: object) -> str:
-    """Return the trade id if it is a string of 1-64 characters from ``[0-9A-Za-z_-]``."""
-    if type(value) is not str or not TRADE_ID_RE.match(value):
-        raise TickRejected("bad_trade_id", f"not a trade id string: {str(value)[:40]!r}")
-    return value
-
-
 class SourceTick(NamedTuple):
     """A validated tick as a source sent it, before the hub gives it an id."""
 
@@ -164,8 +166,10 @@ class SourceTick(NamedTuple):
     time: datetime
     ts: str
     seq: int
-    #: Fields beyond the common six (see :class:`Tick`): a source's ``trade_id``, a composite's ``venues``.
+    #: Anything else the tick carries (see :class:`Tick`): a composite's ``venues``.
     extra: Mapping[str, Any] | None = None
+    #: The optional fields (size, side, trade id, best quote), or None.
+    fields: TickFields | None = None
 
 
 def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceTick:
@@ -192,21 +196,27 @@ def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceT
         check_symbol(symbol)
     if type(price) is not str or PRICE_RE.match(price) is None or not price.strip("0."):
         check_price(price)
-    extra = None if "trade_id" not in obj else {"trade_id": check_trade_id(obj["trade_id"])}
+    fields = check_fields(obj)
     if type(ts) is str and len(ts) == 27 and CANONICAL_TS_RE.match(ts) is not None:
         try:  # already canonical: parse it, keep the text
-            return SourceTick(symbol, price, datetime.fromisoformat(ts), ts, seq, extra)
+            return SourceTick(symbol, price, datetime.fromisoformat(ts), ts, seq, None, fields)
         except ValueError:
             raise TickRejected("bad_ts", f"not ISO-8601: {ts!r}") from None
     time = parse_ts(ts)
-    return SourceTick(symbol, price, time, format_ts(time), seq, extra)
+    return SourceTick(symbol, price, time, format_ts(time), seq, None, fields)
 
 
-def source_tick_json(source: str, symbol: str, price: str, ts: str, seq: int, trade_id: str | None = None) -> bytes:
-    """The data line a source publishes for one tick; ``trade_id`` (the exchange's) follows ``seq``."""
+def source_tick_json(
+    source: str, symbol: str, price: str, ts: str, seq: int, fields: Mapping[str, object] | None = None
+) -> bytes:
+    """The data line a source publishes for one tick: the optional ``fields`` (by name, None for an
+    absent one) follow ``seq`` in the order of :data:`OPTIONAL_FIELDS`; anything else in it is left out."""
     tick = {"source": source, "symbol": symbol, "price": price, "ts": ts, "seq": seq}
-    if trade_id is not None:
-        tick["trade_id"] = trade_id
+    if fields:
+        for name in OPTIONAL_FIELDS:
+            value = fields.get(name)
+            if value is not None:
+                tick[name] = value
     return orjson.dumps(tick)
 
 
@@ -241,22 +251,28 @@ class SSEEvent(NamedTuple):
 
 
 _WHOLE_EVENT = re.compile(rb"id: ?([^\n]*)\nevent: ?([^\n]*)\ndata: ?([^\n]*)\n\n")
+_DECIMAL = rb"(?:0|[1-9][0-9]{0,23})(?:\.[0-9]{1,18})?"
 #: A tick frame exactly as :func:`source_tick_json` and :func:`tick_frame` write it, its values already
 #: in the shapes :func:`parse_source_tick` accepts (the source name is the hub's own, so it is skipped).
-#: An exchange bridge's ``trade_id`` after ``seq`` is part of the form.
+#: The optional fields after ``seq`` are part of the form, as one group (the tick's JSON takes it as
+#: it is) and each on its own; a tick without them ends at the first alternative.
 _SOURCE_TICK = re.compile(
     rb'id: ?([0-9]{1,19})\nevent: ?tick\ndata: ?\{"source":"[^"\\\x00-\x1f]{0,64}",'
-    rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"((?:0|[1-9][0-9]{0,23})(?:\.[0-9]{1,18})?)",'
+    rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"(' + _DECIMAL + rb')",'
     rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})'
-    rb'(?:,"trade_id":"([0-9A-Za-z_-]{1,64})")?\}\n\n'
+    rb'(?:\}\n\n|((?:,"qty":"(' + _DECIMAL + rb')")?(?:,"side":"(buy|sell)")?'
+    rb'(?:,"trade_id":"([0-9A-Za-z_-]{1,64})")?(?:,"bid":"(' + _DECIMAL + rb')")?'
+    rb'(?:,"bid_qty":"(' + _DECIMAL + rb')")?(?:,"ask":"(' + _DECIMAL + rb')")?'
+    rb'(?:,"ask_qty":"(' + _DECIMAL + rb')")?)\}\n\n)'
 )
 _SEQ_LIMIT = 1 << 63
+_NULL = b"\\N"
 
 
 def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
     """The tick of a :data:`_SOURCE_TICK` match, or None if a value is out of range (the general path
     then rejects the event with its reason)."""
-    _, symbol, price, ts, seq, trade_id = match.groups()
+    symbol, price, ts, seq = match.group(2, 3, 4, 5)
     seq_value = int(seq)
     if seq_value >= _SEQ_LIMIT or not price.strip(b"0."):
         return None
@@ -265,8 +281,20 @@ def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
         time = datetime.fromisoformat(ts_text)
     except ValueError:  # the right shape, not a date (Feb 30)
         return None
-    extra = None if trade_id is None else {"trade_id": trade_id.decode()}
-    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value, extra)
+    if match.lastindex == 5:  # no optional field
+        return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value)
+    values = match.group(7, 8, 9, 10, 11, 12, 13)
+    qty, _, _, bid, bid_qty, ask, ask_qty = values
+    if (
+        (qty is not None and not qty.strip(b"0."))
+        or (bid is None and bid_qty is not None)
+        or (ask is None and ask_qty is not None)
+        or (bid is not None and not bid.strip(b"0."))
+        or (ask is not None and not ask.strip(b"0."))
+    ):
+        return None
+    fields = TickFields(match[6], b"\t".join([_NULL if v is None else v for v in values]))
+    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value, None, fields)
 
 
 class SSEParser:
