@@ -1,9 +1,11 @@
-"""The Binance bridge: spot trades over WebSocket combined streams (or REST polling) served as SSE.
+"""The Binance bridge: spot trades and best quotes over WebSocket combined streams (or REST polling) served as SSE.
 
 WebSocket mode: ``exchangeInfo`` checks the symbols, a ``ticker/price`` snapshot seeds one price per
-symbol, then ``<symbol>@trade`` streams carry every trade price exactly as Binance wrote it. At most
-1024 streams share a connection; the first ``url_streams`` go in the URL, the rest in SUBSCRIBE
-messages sent under 5 per second. Connections are renewed before Binance's 24 h limit and on a
+symbol, then ``<symbol>@trade`` streams carry every trade (price, size, aggressor side, trade id)
+exactly as Binance wrote it, and ``<symbol>@bookTicker`` streams every change of the best bid and ask:
+a tick at the last trade price with the quote, stamped with the bridge's clock (the spot stream has no
+time of its own). At most 1024 streams share a connection; the first ``url_streams`` go in the URL,
+the rest in SUBSCRIBE messages sent under 5 per second. Connections are renewed before Binance's 24 h limit and on a
 ``serverShutdown`` event. REST mode polls ``ticker/price`` for every pair (or ``--symbols``).
 """
 
@@ -28,6 +30,7 @@ from .exchange import (
     Malformed,
     Quote,
     Reconnect,
+    book_side,
     now_ts,
     trade_id_text,
     ts_from_ms,
@@ -46,8 +49,10 @@ def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
 
 
 class BinanceAdapter(ExchangeAdapter):
-    """Binance spot ``@trade`` combined streams: ``{"stream": "btcusdt@trade", "data": {"e": "trade", ...}}``;
-    the trade id ``t`` is carried as the tick's ``trade_id``."""
+    """Binance spot ``@trade`` and ``@bookTicker`` combined streams: ``{"stream": "btcusdt@trade", "data":
+    {"e": "trade", ...}}``. A trade's ``p``, ``q`` and ``t`` are the tick's price, qty and trade_id; ``m``
+    (the buyer is the maker) means the seller was the aggressor, side ``sell``. A book ticker's ``b``,
+    ``B``, ``a``, ``A`` are its bid, bid_qty, ask and ask_qty, with no price of its own."""
 
     venue = "BINANCE"
     messages_per_second = 4  # Binance allows 5 incoming messages/s per connection, pongs included
@@ -67,7 +72,7 @@ class BinanceAdapter(ExchangeAdapter):
         self._known = set(self.symbols)
 
     def plans(self) -> list[ConnectionPlan]:
-        streams = [f"{s.lower()}@trade" for s in self.symbols]
+        streams = [f"{s.lower()}@{kind}" for s in self.symbols for kind in ("trade", "bookTicker")]
         plans = []
         for group in _chunks(streams, self.max_streams):
             in_url, later = group[: self.url_streams], group[self.url_streams :]
@@ -93,15 +98,38 @@ class BinanceAdapter(ExchangeAdapter):
             return []  # a SUBSCRIBE acknowledgement
         if "error" in msg or "code" in msg:
             raise Malformed("exchange_error", str(msg.get("error") or msg.get("msg"))[:200])
-        if not isinstance(data, dict) or data.get("e") != "trade":
-            raise unrecognised(text)  # we subscribe to trades only
-        symbol, price, ms = data.get("s"), data.get("p"), data.get("T", data.get("E"))
-        if not isinstance(symbol, str) or not isinstance(price, str):
-            raise Malformed("missing_field", "trade without s or p")
+        if not isinstance(data, dict):
+            raise unrecognised(text)
+        if data.get("e") == "trade":
+            return [self._trade(data)]
+        if "e" not in data and "u" in data and "b" in data and "a" in data:  # the book ticker has no event type
+            return [self._book_ticker(data)]
+        raise unrecognised(text)  # we subscribe to trades and book tickers only
+
+    def _symbol(self, data: dict[str, Any]) -> str:
+        symbol = data.get("s")
+        if not isinstance(symbol, str):
+            raise Malformed("missing_field", "no symbol (s)")
         if symbol not in self._known:
             raise Malformed("unknown_symbol", symbol[:40])
+        return self.hub_symbol(symbol)
+
+    def _trade(self, data: dict[str, Any]) -> Quote:
+        price, ms, maker = data.get("p"), data.get("T", data.get("E")), data.get("m")
+        if not isinstance(price, str):
+            raise Malformed("missing_field", "trade without p")
+        symbol = self._symbol(data)
+        if maker is not None and type(maker) is not bool:
+            raise Malformed("bad_side", f"m is not a boolean: {str(maker)[:20]!r}")
+        side = None if maker is None else "sell" if maker else "buy"  # the buyer made the book: a seller took it
         trade_id = trade_id_text(data["t"]) if "t" in data else None
-        return [Quote(self.hub_symbol(symbol), price, ts_from_ms(ms), trade_id)]
+        return Quote(symbol, price, ts_from_ms(ms), trade_id, data.get("q"), side)
+
+    def _book_ticker(self, data: dict[str, Any]) -> Quote:
+        symbol = self._symbol(data)
+        bid, bid_qty = book_side(data.get("b"), data.get("B"))
+        ask, ask_qty = book_side(data.get("a"), data.get("A"))
+        return Quote(symbol, None, now_ts(), bid=bid, bid_qty=bid_qty, ask=ask, ask_qty=ask_qty)
 
 
 def _get(obj: object, key: str) -> Any:

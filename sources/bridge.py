@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tickhub.backoff import Backoff
-from tickhub.wire import TickRejected, check_price, check_symbol
+from tickhub.wire import TickRejected, check_fields, check_price, check_symbol
 
 from .app import source_app
 from .connection import ConnectionStats, MessagePacer
@@ -83,6 +83,7 @@ class ExchangeBridge:
         self.connections: list[ConnectionStats] = []
         self.published = 0
         self.repeats = 0  # prices the exchange sent again, not published again
+        self.unpriced = 0  # quote-only updates before any price of their symbol, not published
         self.ignored = 0
         self.malformed: collections.Counter[str] = collections.Counter()
         self.seen = PublishedQuotes()
@@ -114,9 +115,21 @@ class ExchangeBridge:
         return self.seen.latest
 
     def publish(self, quote: Quote) -> bool:
-        """Validate and publish one price, unless this run published it already; whether it was."""
+        """Validate and publish one price, unless this run published it already; whether it was.
+
+        A quote-only update (``price`` None) takes the last price published for its symbol (a trade's,
+        or the start-up snapshot's): every tick has a price. Before there is one it is skipped (counted
+        in ``unpriced``)."""
+        if quote.price is None:
+            known = self.seen.latest.get(quote.symbol)
+            if known is None:
+                self.unpriced += 1
+                return False
+            quote = quote._replace(price=known.price)
+        fields = quote.fields()
         try:
             symbol, price = check_symbol(quote.symbol), check_price(quote.price)
+            check_fields(fields)
         except TickRejected as exc:
             self.malformed[exc.reason] += 1
             log.debug("skipped %s", exc)
@@ -124,7 +137,7 @@ class ExchangeBridge:
         if self.seen.is_repeat(quote):
             self.repeats += 1
             return False
-        self.feed.publish(symbol, price, quote.ts, None if quote.trade_id is None else {"trade_id": quote.trade_id})
+        self.feed.publish(symbol, price, quote.ts, fields)
         self.published += 1
         return True
 
@@ -272,6 +285,7 @@ class ExchangeBridge:
             "symbols": len(self.adapter.symbols),
             "published": self.published,
             "repeats": self.repeats,
+            "unpriced": self.unpriced,
             "ignored": self.ignored,
             "malformed": dict(self.malformed),
             "next_seq": self.feed.next_seq,

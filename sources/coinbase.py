@@ -1,7 +1,8 @@
 """The Coinbase Exchange bridge: the public ``ticker`` channel served as SSE.
 
-One WebSocket subscribes to ``ticker`` (a message per trade, price as a decimal string, with its
-``trade_id``) and ``heartbeat`` (one message per product each second, so a silent market never looks
+One WebSocket subscribes to ``ticker`` (a message per trade: price, ``last_size``, the taker's
+``side`` and ``trade_id``, with the best bid and ask and their sizes after it, all decimal strings) and
+``heartbeat`` (one message per product each second, so a silent market never looks
 like a dead link). On every subscribe Coinbase sends each product's latest trade again; the bridge
 drops a trade id it already published in this run (sources.bridge).
 """
@@ -22,6 +23,7 @@ from .exchange import (
     ExchangeAdapter,
     Malformed,
     Quote,
+    book_side,
     trade_id_text,
     ts_from_iso,
     unrecognised,
@@ -31,7 +33,9 @@ DEFAULT_WS_URL = "wss://ws-feed.exchange.coinbase.com"
 
 
 class CoinbaseAdapter(ExchangeAdapter):
-    """``{"type": "ticker", "product_id": "BTC-USD", "price": "…", "time": "…"}`` → ``COINBASE:BTC-USD``."""
+    """``{"type": "ticker", "product_id": "BTC-USD", "price": "…", "time": "…"}`` → ``COINBASE:BTC-USD``;
+    ``last_size``, ``side``, ``trade_id``, ``best_bid``, ``best_bid_size``, ``best_ask``, ``best_ask_size``
+    are the tick's qty, side, trade_id, bid, bid_qty, ask and ask_qty when the message has them."""
 
     venue = "COINBASE"
 
@@ -62,7 +66,22 @@ class CoinbaseAdapter(ExchangeAdapter):
         if product not in self.symbols:
             raise Malformed("unknown_symbol", product[:40])
         trade_id = trade_id_text(msg["trade_id"]) if "trade_id" in msg else None
-        return [Quote(self.hub_symbol(product), price, ts_from_iso(msg.get("time")), trade_id)]
+        bid, bid_qty = book_side(msg.get("best_bid"), msg.get("best_bid_size"))
+        ask, ask_qty = book_side(msg.get("best_ask"), msg.get("best_ask_size"))
+        return [
+            Quote(
+                self.hub_symbol(product),
+                price,
+                ts_from_iso(msg.get("time")),
+                trade_id,
+                msg.get("last_size"),
+                msg.get("side"),  # the taker's: Coinbase's ticker documents it so (a match's is the maker's)
+                bid,
+                bid_qty,
+                ask,
+                ask_qty,
+            )
+        ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build(args: argparse.Namespace) -> ExchangeBridge:
     ws_url = url_setting(args.ws_url, "TICKHUB_COINBASE_WS_URL", DEFAULT_WS_URL, ("ws", "wss"))
     symbols = split_symbols(args.symbols, CoinbaseAdapter.venue)
-    settings = BridgeSettings(**common_settings(args, ws_url, symbols))  # type: ignore[arg-type]
+    settings = BridgeSettings(**common_settings(args, ws_url, symbols))
     return ExchangeBridge(CoinbaseAdapter(ws_url, symbols), settings)
 
 

@@ -10,21 +10,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
-from tickhub.wire import TickRejected, check_trade_id, format_ts, parse_ts
+from tickhub.wire import DECIMAL_RE, OPTIONAL_FIELDS, TickRejected, check_trade_id, format_ts, parse_ts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Quote(NamedTuple):
-    """One price from an exchange message: hub symbol, exact decimal text, canonical ts, and the
-    exchange's own trade id when the price is a trade that has one."""
+    """One price from an exchange message: hub symbol, exact decimal text, canonical ts, and what else
+    the message says, as the exchange wrote it: the exchange's own trade id, the trade's size and its
+    aggressor's side, the best bid and ask with their sizes (None for what it does not say).
+
+    ``price`` None is a quote-only update (Binance ``@bookTicker``): the bridge publishes it with the
+    last trade price it published for the symbol, and skips it until it knows one."""
 
     symbol: str
-    price: str
+    price: str | None
     ts: str
     trade_id: str | None = None
+    qty: str | None = None
+    side: str | None = None
+    bid: str | None = None
+    bid_qty: str | None = None
+    ask: str | None = None
+    ask_qty: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        """The optional tick fields it has, by name (tickhub.wire.OPTIONAL_FIELDS)."""
+        return {name: value for name in OPTIONAL_FIELDS if (value := getattr(self, name)) is not None}
 
 
 class BridgeError(ValueError):
@@ -66,6 +80,14 @@ def trade_id_text(value: object) -> str:
         return check_trade_id(value)
     except TickRejected:
         raise Malformed("bad_trade_id", f"not a trade id: {str(value)[:40]!r}") from None
+
+
+def book_side(price: Any, size: Any) -> tuple[Any, Any]:
+    """One side of a best quote as (price, size); (None, None) when the side is empty: exchanges write a
+    price of 0 for a side without orders, and a tick leaves out what the source lacks, never 0."""
+    if price is None or (type(price) is str and DECIMAL_RE.match(price) is not None and not price.strip("0.")):
+        return None, None
+    return price, size
 
 
 def unrecognised(text: str) -> Malformed:

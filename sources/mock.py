@@ -2,6 +2,11 @@
 
 Each step: with 15% probability the direction flips, then ``price -= randint(0, 10) * step *
 direction``, kept to 2 decimals (as integer cents) and never at or below zero.
+
+Each step is also a trade with a best quote around it (``--fields all``, the default): a size, the
+aggressor's side (up: a buyer lifted the ask, down: a seller hit the bid), a trade id counting up per
+symbol, and a bid and ask a spread of 1-8 cents apart with sizes, the trade at the ask or the bid.
+They come from a generator of their own, so a ``--seed`` gives the same prices with or without them.
 """
 
 from __future__ import annotations
@@ -68,17 +73,70 @@ def parse_start(raw: str | None, symbols: list[str]) -> dict[str, str]:
     return {s: given.get(s, DEFAULT_START.get(s, FALLBACK_START)) for s in symbols}
 
 
-class MockMarket:
-    """Publishes one step of every symbol's walk each ``interval`` seconds (0: as fast as consumed)."""
+def _cents(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
 
-    def __init__(self, feed: SourceFeed, walks: dict[str, RandomWalk], interval: float, limit: int | None = None):
+
+def _size(units: int) -> str:
+    """A size in ten-thousandths: ``12345`` → ``1.2345``."""
+    return f"{units // 10000}.{units % 10000:04d}"
+
+
+class TradeQuotes:
+    """The trade and the best quote of each step of a walk: the optional tick fields, seedable."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.trade_ids: dict[str, int] = {}
+
+    def fields(self, symbol: str, walk: RandomWalk, before: int) -> dict[str, str | None]:
+        """The fields of the step of ``symbol``'s walk that moved it from ``before`` cents to ``walk.cents``."""
+        bits = self.rng.getrandbits(56)  # one draw for everything: the mock runs as fast as it can
+        price = walk.cents
+        buy = price > before or (price == before and bits & 1)
+        spread = 1 + (bits >> 1 & 7)
+        if buy and price - spread <= 0:  # no bid at or below zero: the trade hits the bid instead
+            buy = False
+        bid, ask = (price - spread, price) if buy else (price, price + spread)
+        trade_id = self.trade_ids.get(symbol, 0) + 1
+        self.trade_ids[symbol] = trade_id
+        return {
+            "qty": _size(1 + (bits >> 4 & 0xFFFF)),
+            "side": "buy" if buy else "sell",
+            "trade_id": str(trade_id),
+            "bid": _cents(bid),
+            "bid_qty": _size(bits >> 20 & 0x3FFFF),
+            "ask": _cents(ask),
+            "ask_qty": _size(bits >> 38 & 0x3FFFF),
+        }
+
+
+class MockMarket:
+    """Publishes one step of every symbol's walk each ``interval`` seconds (0: as fast as consumed);
+    with ``quotes``, each with its trade and best quote."""
+
+    def __init__(
+        self,
+        feed: SourceFeed,
+        walks: dict[str, RandomWalk],
+        interval: float,
+        limit: int | None = None,
+        quotes: TradeQuotes | None = None,
+    ):
         self.feed = feed
         self.walks = walks
         self.interval = interval
         self.limit = limit
+        self.quotes = quotes
+
+    def _publish(self, symbol: str, walk: RandomWalk, ts: str | None = None) -> None:
+        before = walk.cents
+        price = walk.step()
+        fields = None if self.quotes is None else self.quotes.fields(symbol, walk, before)
+        self.feed.publish(symbol, price, ts, fields)
 
     async def run(self) -> None:
-        feed, walks = self.feed, list(self.walks.items())
+        feed, walks, publish = self.feed, list(self.walks.items()), self._publish
         burst = max(1, min(FAST_BATCH, feed.capacity // 4))  # a burst never laps a consumer in a small ring
         emitted = 0
         loop = asyncio.get_running_loop()
@@ -86,7 +144,7 @@ class MockMarket:
         while self.limit is None or emitted < self.limit:
             if self.interval > 0:
                 for symbol, walk in walks:
-                    feed.publish(symbol, walk.step())
+                    publish(symbol, walk)
                     emitted += 1
                 next_at += self.interval
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -96,7 +154,7 @@ class MockMarket:
                 ts = format_ts(datetime.now(UTC))  # one burst, one instant
                 for i in range(n):
                     symbol, walk = walks[i % len(walks)]
-                    feed.publish(symbol, walk.step(), ts)
+                    publish(symbol, walk, ts)
                 emitted += n
                 await asyncio.sleep(0)
 
@@ -116,6 +174,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--send-timeout", type=float, default=30.0, help="seconds a consumer may stop reading before it is dropped"
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable walks")
+    parser.add_argument(
+        "--fields",
+        choices=("all", "price"),
+        default="all",
+        help="all: each tick a trade (qty, side, trade_id) with the best quote (bid, ask, sizes); price: alone",
+    )
 
 
 def build(args: argparse.Namespace) -> Starlette:
@@ -136,7 +200,10 @@ def build(args: argparse.Namespace) -> Starlette:
         raise ValueError("--step must be at least 0.01")
     walks = {s: RandomWalk(p, rng, step_cents) for s, p in parse_start(args.start, symbols).items()}
     feed = SourceFeed(args.name, ring_size=args.ring_size, heartbeat=args.heartbeat, send_timeout=args.send_timeout)
-    market = MockMarket(feed, walks, args.interval, args.limit)
+    quotes = None
+    if args.fields == "all":  # a generator of their own: the same seed gives the same prices either way
+        quotes = TradeQuotes(random.Random(None if args.seed is None else f"{args.seed}:quotes"))
+    market = MockMarket(feed, walks, args.interval, args.limit, quotes)
     return source_app(feed, market.run)
 
 

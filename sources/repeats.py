@@ -2,7 +2,7 @@
 
 Exchanges send some prices again on every (re)subscribe: Coinbase the latest trade of each product,
 Kraken the current ticker. A trade is known by its trade id (the newest ``capacity`` of them are
-remembered); a price without one by being equal, price and time, to its symbol's latest. Nothing is
+remembered); a price without one by being equal, price, time and quote, to its symbol's latest. Nothing is
 kept on disk: across a restart of the bridge this memory is empty (README, "Exactly once").
 """
 
@@ -34,7 +34,7 @@ class PublishedQuotes:
                 self._trade_ids.discard(self._order.popleft())
         else:
             previous = self.latest.get(quote.symbol)
-            if previous is not None and previous.trade_id is None and previous[1:3] == quote[1:3]:
-                return True
+            if previous is not None and previous.trade_id is None and previous[1:] == quote[1:]:
+                return True  # the same price, time and quote as the latest: sent again
         self.latest[quote.symbol] = quote
         return False

@@ -180,6 +180,16 @@ class FakeBinance(FakeExchange):
         msg["data"].update(s=symbol, p=price, T=trade_ms, E=trade_ms + 2, t=trade_id)
         return msg
 
+    @staticmethod
+    def book_ticker(
+        symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, update_id: int = 400900217
+    ) -> dict[str, Any]:
+        """A book ticker in the combined-stream wrapper, as the docs show it."""
+        msg = sample("binance_book_ticker")
+        msg["stream"] = f"{symbol.lower()}@bookTicker"
+        msg["data"].update(u=update_id, s=symbol, b=bid, B=bid_qty, a=ask, A=ask_qty)
+        return msg
+
     def replay_trades(
         self, n: int, symbols: Sequence[str], seed: int = 1, start_ms: int = 1795460400121
     ) -> list[dict[str, Any]]:
@@ -299,15 +309,36 @@ class FakeKraken(FakeExchange):
         await conn.send(sample_text("kraken_status"))
 
     async def on_text(self, conn: FakeConnection, text: str) -> None:
+        """Per symbol an ack and, for ``ticker``, its snapshot; ``trade`` has a snapshot (the last trades)
+        only when asked for one."""
         msg = orjson.loads(text)
         if msg.get("method") != "subscribe":
             return
-        for symbol in msg["params"]["symbol"]:
+        params = msg["params"]
+        for symbol in params["symbol"]:
             if symbol not in self.PAIRS:
                 await conn.send(sample_text("kraken_subscribe_error").replace("BTC/XYZ", symbol))
                 continue
-            await conn.send(sample_text("kraken_subscribe_ack").replace("BTC/USD", symbol))
-            await conn.send(sample_text("kraken_ticker_snapshot").replace("BTC/USD", symbol))
+            ack = sample("kraken_subscribe_ack")
+            ack["result"] |= {"channel": params["channel"], "symbol": symbol}
+            await conn.send(ack)
+            if params["channel"] == "ticker":
+                await conn.send(sample_text("kraken_ticker_snapshot").replace("BTC/USD", symbol))
+            elif params.get("snapshot", True):
+                await conn.send(sample_text("kraken_trade_snapshot").replace("MATIC/USD", symbol))
+
+    @staticmethod
+    def trade_update(
+        symbol: str, price: str, qty: str, side: str, trade_id: int, timestamp: str = "2026-11-23T19:00:00.654321Z"
+    ) -> str:
+        """A ``trade`` update of one trade in the documented shape, ``price`` and ``qty`` the raw JSON
+        number texts (e.g. ``0.5147``), as Kraken writes them."""
+        item = (
+            f'{{"symbol": "{symbol}", "side": "{side}", "price": {price}, "qty": {qty}, "ord_type": "limit",'
+            f' "trade_id": {trade_id}, "timestamp": "{timestamp}"}}'
+        )
+        head = sample_text("kraken_trade_snapshot").split('"data"')[0].replace('"snapshot"', '"update"')
+        return f"{head}\"data\": [{item}]}}"
 
     @staticmethod
     def ticker_update(symbol: str, last: str, timestamp: str = "2026-11-23T19:00:00.654321Z") -> str:

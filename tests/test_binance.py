@@ -15,6 +15,7 @@ from helpers import RunningBridge, SSEStream, get_json, running_bridge, subscrib
 
 from sources import binance
 from sources.binance import BinanceAdapter, BinanceBridge, BinanceSettings
+from sources.bridge import BridgeSettings, ExchangeBridge
 from sources.exchange import Malformed, Quote, Reconnect, ts_from_ms
 
 TRADE_MS = 1795460400121  # 2026-11-23T19:00:00.121Z
@@ -59,12 +60,46 @@ def seeds(bridge: RunningBridge) -> int:
 # --- the adapter alone ----------------------------------------------------------------------------
 
 
-def test_a_trade_becomes_a_quote_with_the_exact_price_and_trade_time() -> None:
+def test_a_trade_becomes_a_quote_with_the_exact_price_size_side_and_trade_time() -> None:
     adapter = BinanceAdapter("wss://x", ["BTCUSDT"])
     [quote] = adapter.decode(sample_text("binance_trade"))
-    assert quote == Quote("BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", "3512345678")
+    assert quote == Quote(
+        "BINANCE:BTCUSDT", "43211.01000000", "2026-11-23T19:00:00.121000Z", "3512345678", "0.00150000", "sell"
+    ), "m: the buyer was the maker, so a seller took the bid"
+    taker_buys = sample("binance_trade") | {"data": sample("binance_trade")["data"] | {"m": False}}
+    assert adapter.decode(orjson.dumps(taker_buys).decode())[0].side == "buy"
     raw = orjson.dumps(sample("binance_trade")["data"]).decode()  # a raw /ws payload, without the wrapper
     assert adapter.decode(raw) == [quote]
+
+
+def test_a_book_ticker_is_a_quote_without_a_price_and_an_empty_side_is_left_out() -> None:
+    adapter = BinanceAdapter("wss://x", ["BNBUSDT"])
+    [quote] = adapter.decode(sample_text("binance_book_ticker"))
+    assert quote._replace(ts="now") == Quote(
+        "BINANCE:BNBUSDT",
+        None,
+        "now",
+        bid="25.35190000",
+        bid_qty="31.21000000",
+        ask="25.36520000",
+        ask_qty="40.66000000",
+    )
+    assert quote.ts.endswith("Z"), "the bridge's clock: the spot book ticker has no time"
+    no_bids = FakeBinance.book_ticker("BNBUSDT", "0.00000000", "0.00000000", "25.4", "1.5")
+    [quote] = adapter.decode(orjson.dumps(no_bids).decode())
+    assert (quote.bid, quote.bid_qty, quote.ask, quote.ask_qty) == (None, None, "25.4", "1.5")
+
+
+def test_a_quote_update_takes_the_last_price_published_and_waits_for_one() -> None:
+    adapter = BinanceAdapter("wss://x", ["BNBUSDT"])
+    bridge = ExchangeBridge(adapter, BridgeSettings("wss://x", ("BNBUSDT",), "binance"))
+    book = adapter.decode(sample_text("binance_book_ticker"))[0]
+    assert not bridge.publish(book) and bridge.unpriced == 1, "no price known yet: skipped"
+    trade = Quote("BINANCE:BNBUSDT", "25.36", "2026-11-23T19:00:00.121000Z", "1", "2.5", "buy")
+    assert bridge.publish(trade) and bridge.publish(book)
+    latest = bridge.latest["BINANCE:BNBUSDT"]
+    assert (latest.price, latest.bid, latest.ask, latest.qty) == ("25.36", "25.35190000", "25.36520000", None)
+    assert bridge.feed.next_seq - bridge.feed.first_seq == 2 and bridge.health()["unpriced"] == 1
 
 
 @pytest.mark.parametrize(
@@ -90,6 +125,9 @@ def test_server_shutdown_asks_for_a_new_connection(text: str) -> None:
         ('{"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "T": 1}}', "missing_field"),
         ('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": "soon"}}', "bad_ts"),
         ('{"data": {"e": "trade", "s": "DOGEUSDT", "p": "1.0", "T": 1}}', "unknown_symbol"),
+        ('{"data": {"e": "trade", "s": "BTCUSDT", "p": "1.0", "T": 1, "m": "yes"}}', "bad_side"),
+        ('{"stream": "dogeusdt@bookTicker", "data": {"u": 1, "s": "DOGEUSDT", "b": "1", "a": "2"}}', "unknown_symbol"),
+        ('{"stream": "btcusdt@bookTicker", "data": {"u": 1, "b": "1", "a": "2"}}', "missing_field"),
         ('{"error": {"code": 2, "msg": "Invalid request"}, "id": 1}', "exchange_error"),
     ],
 )
@@ -109,14 +147,16 @@ def test_acks_carry_no_quote_and_a_trade_without_an_id_is_still_a_price() -> Non
 def test_streams_are_split_at_max_streams_and_the_url_holds_only_the_first_few() -> None:
     symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"]
     plans = BinanceAdapter("wss://x:9443", symbols, max_streams=3, url_streams=2, subscribe_batch=1).plans()
-    assert [p.url for p in plans] == [
-        "wss://x:9443/stream?streams=btcusdt@trade/ethusdt@trade",
-        "wss://x:9443/stream?streams=solusdt@trade/xrpusdt@trade",
+    assert [p.url for p in plans] == [  # each symbol's trades and book ticker, in that order
+        "wss://x:9443/stream?streams=btcusdt@trade/btcusdt@bookTicker",
+        "wss://x:9443/stream?streams=ethusdt@bookTicker/bnbusdt@trade",
+        "wss://x:9443/stream?streams=solusdt@trade/solusdt@bookTicker",
+        "wss://x:9443/stream?streams=xrpusdt@bookTicker",
     ]
     assert [orjson.loads(m) for m in plans[0].messages] == [
-        {"method": "SUBSCRIBE", "params": ["bnbusdt@trade"], "id": 1}
+        {"method": "SUBSCRIBE", "params": ["ethusdt@trade"], "id": 1}
     ]
-    assert plans[1].messages == () and [p.streams for p in plans] == [3, 2]
+    assert [p.streams for p in plans] == [3, 3, 3, 1] and plans[3].messages == ()
 
 
 def test_default_settings_renew_connections_before_binance_closes_them_at_24h() -> None:
@@ -163,7 +203,7 @@ def test_bad_command_lines_fail_with_one_line(argv: list[str], message: str) -> 
 async def test_seed_snapshot_then_trades_with_exact_prices_and_trade_times() -> None:
     async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake))) as bridge:
         conn = await fake.connection(0)
-        assert conn.query == {"streams": "btcusdt@trade/ethusdt@trade"}
+        assert conn.query == {"streams": "btcusdt@trade/btcusdt@bookTicker/ethusdt@trade/ethusdt@bookTicker"}
         async with subscribe(bridge.base, last_event_id="0") as stream:
             seeds = await source_ticks(stream, 2)
             await conn.send(fake.trade("BTCUSDT", "43211.01000000", TRADE_MS))
@@ -181,6 +221,44 @@ async def test_seed_snapshot_then_trades_with_exact_prices_and_trade_times() -> 
     assert seqs == list(range(seqs[0], seqs[0] + 4))
     info = fake.requests_to("/api/v3/exchangeInfo")
     assert [q for _, _, q in info] == [{"symbols": '["BTCUSDT","ETHUSDT"]'}], "one compact exchangeInfo call"
+
+
+async def test_trades_and_book_tickers_carry_sizes_sides_and_quotes_exactly() -> None:
+    """The seed price, then a book ticker (a tick at the seed price), a trade, another book ticker (at
+    the trade's price): every size and quote as Binance wrote it, in the wire order."""
+    async with FakeBinance() as fake, running_bridge(BinanceBridge(binance_settings(fake, ("BTCUSDT",)))) as bridge:
+        conn = await fake.connection(0)
+        async with subscribe(bridge.base, last_event_id="0") as stream:
+            [seed] = await source_ticks(stream, 1)
+            await conn.send(fake.book_ticker("BTCUSDT", "43210.50000000", "0.01000000", "43210.60000000", "2.00000000"))
+            trade = fake.trade("BTCUSDT", "43210.60000000", TRADE_MS)
+            trade["data"] |= {"q": "0.12345678", "m": False}
+            await conn.send(trade)
+            await conn.send(fake.book_ticker("BTCUSDT", "43210.60000000", "1.50000000", "43210.70000000", "0.00000001"))
+            ticks = await source_ticks(stream, 3)
+    keys = ("price", "qty", "side", "trade_id", "bid", "bid_qty", "ask", "ask_qty")
+    assert [{k: t[k] for k in keys if k in t} for t in ticks] == [
+        {
+            "price": seed["price"],
+            "bid": "43210.50000000",
+            "bid_qty": "0.01000000",
+            "ask": "43210.60000000",
+            "ask_qty": "2.00000000",
+        },
+        {"price": "43210.60000000", "qty": "0.12345678", "side": "buy", "trade_id": str(trade["data"]["t"])},
+        {
+            "price": "43210.60000000",
+            "bid": "43210.60000000",
+            "bid_qty": "1.50000000",
+            "ask": "43210.70000000",
+            "ask_qty": "0.00000001",
+        },
+    ]
+    assert [list(t)[5:] for t in ticks] == [  # source, symbol, price, ts, seq, then
+        ["bid", "bid_qty", "ask", "ask_qty"],
+        ["qty", "side", "trade_id"],
+        ["bid", "bid_qty", "ask", "ask_qty"],
+    ], "after seq, in the wire's order"
 
 
 async def test_a_consumer_arriving_live_first_gets_the_latest_price_of_every_symbol() -> None:
@@ -308,14 +386,18 @@ async def test_streams_beyond_max_streams_go_to_another_connection() -> None:
         FakeBinance() as fake,
         running_bridge(BinanceBridge(binance_settings(fake, symbols=symbols, max_streams=2))) as bridge,
     ):
-        await fake.connection(1)
-        assert sorted(c.query["streams"] for c in fake.connections) == ["bnbusdt@trade", "btcusdt@trade/ethusdt@trade"]
-        by_streams = {c.query["streams"]: c for c in fake.connections}
-        await by_streams["bnbusdt@trade"].send(fake.trade("BNBUSDT", "312.50000000"))
-        await by_streams["btcusdt@trade/ethusdt@trade"].send(fake.trade("BTCUSDT", "43200.00000000"))
-        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 2, what="trades on both connections")
+        await fake.connection(2)
+        assert sorted(c.query["streams"] for c in fake.connections) == [
+            "bnbusdt@trade/bnbusdt@bookTicker",
+            "btcusdt@trade/btcusdt@bookTicker",
+            "ethusdt@trade/ethusdt@bookTicker",
+        ]
+        by_streams = {c.query["streams"].split("@")[0]: c for c in fake.connections}
+        await by_streams["bnbusdt"].send(fake.trade("BNBUSDT", "312.50000000"))
+        await by_streams["btcusdt"].send(fake.trade("BTCUSDT", "43200.00000000"))
+        await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 2, what="trades on two connections")
         _, health = await get_json(f"{bridge.base}/health")
-    assert [c["streams"] for c in health["connections"]] == [2, 1]
+    assert [c["streams"] for c in health["connections"]] == [2, 2, 2]
 
 
 async def test_subscribe_messages_stay_under_five_per_second() -> None:
@@ -323,7 +405,7 @@ async def test_subscribe_messages_stay_under_five_per_second() -> None:
     async with (
         FakeBinance(extra_pairs=6) as fake,
         running_bridge(
-            BinanceBridge(binance_settings(fake, symbols=symbols, url_streams=1, subscribe_batch=1))
+            BinanceBridge(binance_settings(fake, symbols=symbols, url_streams=2, subscribe_batch=2))
         ) as bridge,
     ):
         conn = await fake.connection(0)
@@ -331,7 +413,10 @@ async def test_subscribe_messages_stay_under_five_per_second() -> None:
         await conn.send(fake.trade("X0005USDT", "6.05000000"))
         await wait_for(lambda: bridge.bridge.published == seeds(bridge) + 1, what="a trade of a SUBSCRIBEd stream")
     times = [t for t, _ in conn.received]
-    assert [m["params"] for m in conn.messages] == [[f"x{i:04d}usdt@trade"] for i in range(6)]
+    assert conn.query == {"streams": "btcusdt@trade/btcusdt@bookTicker"}
+    assert [m["params"] for m in conn.messages] == [
+        [f"x{i:04d}usdt@trade", f"x{i:04d}usdt@bookTicker"] for i in range(6)
+    ]
     assert all(times[i + 4] - times[i] >= 0.95 for i in range(len(times) - 4)), "no 5 messages within a second"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from fake_exchanges import FakeBinance, FakeCoinbase, FakeExchange, FakeKraken
+from fake_exchanges import FakeBinance, FakeCoinbase, FakeExchange, FakeKraken, sample
 from helpers import delivered, get_json, running_bridge, running_hub, subscribe, wait_for, written
 from test_binance import TRADE_MS, binance_settings
 from test_coinbase_kraken import coinbase_bridge, kraken_bridge
@@ -16,18 +16,25 @@ from test_coinbase_kraken import coinbase_bridge, kraken_bridge
 from sources.binance import BinanceBridge
 from sources.bridge import ExchangeBridge
 from tickhub.config import Settings
-from tickhub.wire import format_ts
+from tickhub.wire import OPTIONAL_FIELDS, format_ts
 
-STORED = "SELECT symbol, price::text AS price, ts FROM ticks WHERE source = $1 ORDER BY id"
+STORED = (
+    "SELECT symbol, price::text, ts, qty::text, side, trade_id, bid::text, bid_qty::text, ask::text, ask_qty::text"
+    " FROM ticks WHERE source = $1 ORDER BY id"
+)
+COLUMNS = ("symbol", "price", "ts", *OPTIONAL_FIELDS)
 
 
-async def stored(settings: Settings, source: str) -> list[tuple[str, str, str]]:
+async def stored(settings: Settings, source: str) -> list[dict[str, str]]:
+    """The source's rows as the fields of its ticks (absent ones left out, as on the wire)."""
     conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.database_schema})
     try:
         rows = await conn.fetch(STORED, source)
     finally:
         await conn.close()
-    return [(r["symbol"], r["price"], format_ts(r["ts"])) for r in rows]
+    return [
+        {k: format_ts(v) if k == "ts" else v for k, v in zip(COLUMNS, r, strict=True) if v is not None} for r in rows
+    ]
 
 
 async def through_the_hub(
@@ -35,11 +42,12 @@ async def through_the_hub(
     fake: FakeExchange,
     bridge: ExchangeBridge,
     push: Callable[[], Awaitable[None]],
-    expected: list[tuple[str, str, str]],
+    expected: list[dict[str, Any]],
     startup: int,
 ) -> None:
     """Run bridge and hub; once the hub has the ``startup`` ticks (snapshots), ``push`` makes the
-    exchange trade. Every expected (symbol, price, ts) must reach a subscriber and PostgreSQL unchanged."""
+    exchange trade. Every expected tick (symbol, price, ts and its optional fields, in the wire's order;
+    ts None for the bridge's own clock) must reach a subscriber, PostgreSQL and history unchanged."""
     source = bridge.settings.name
     async with running_bridge(bridge) as running:
         await fake.connection(0)
@@ -53,23 +61,37 @@ async def through_the_hub(
                 ticks = await stream.ticks(len(expected))
             await wait_for(lambda: written(hub.hub), what="the writer")
             assert sum(client.stats.rejects.values()) == 0
-    assert [(t["symbol"], t["price"], t["ts"]) for t in ticks] == expected
+            _, history = await get_json(f"{hub.url}/prices/{expected[0]['symbol']}/history")
+    expected = [e if e["ts"] is not None else e | {"ts": t["ts"]} for e, t in zip(expected, ticks, strict=True)]
+    assert [list({k: v for k, v in t.items() if k not in ("id", "source", "seq")}.items()) for t in ticks] == [
+        list(e.items()) for e in expected
+    ], "every field as the exchange wrote it, in the wire's order"
     assert all(t["source"] == source for t in ticks)
     assert (await stored(settings, source))[-len(expected) :] == expected
+    by_id = {t["id"]: t for t in history["ticks"]}  # history is in source time order, streams in hub order
+    assert [list(by_id[t["id"]].items()) for t in ticks] == [list(t.items()) for t in ticks]
 
 
-async def test_binance_trades_reach_subscribers_and_postgresql_exactly(settings: Settings) -> None:
+async def test_binance_trades_and_quotes_reach_subscribers_postgresql_and_history_exactly(settings: Settings) -> None:
     async with FakeBinance() as fake:
         bridge = BinanceBridge(binance_settings(fake, symbols=("BTCUSDT",)))
 
         async def push() -> None:
             conn = fake.connections[0]
-            await conn.send(fake.trade("BTCUSDT", "43210.55000000", TRADE_MS))
-            await conn.send(fake.trade("BTCUSDT", "43210.50001000", TRADE_MS + 1))
+            await conn.send(fake.trade("BTCUSDT", "43210.55000000", TRADE_MS, 3512345679))
+            await conn.send(fake.book_ticker("BTCUSDT", "43210.50001000", "0.00000000", "43210.55000000", "12.5"))
+            trade = fake.trade("BTCUSDT", "43210.50001000", TRADE_MS + 1, 3512345680)
+            trade["data"] |= {"q": "100.00000001", "m": False}
+            await conn.send(trade)
 
+        at = "2026-11-23T19:00:00.121000Z"
         expected = [
-            ("BINANCE:BTCUSDT", "43210.55000000", "2026-11-23T19:00:00.121000Z"),
-            ("BINANCE:BTCUSDT", "43210.50001000", "2026-11-23T19:00:00.122000Z"),
+            {"symbol": "BINANCE:BTCUSDT", "price": "43210.55000000", "ts": at, "qty": "0.00150000", "side": "sell"}
+            | {"trade_id": "3512345679"},
+            {"symbol": "BINANCE:BTCUSDT", "price": "43210.55000000", "ts": None}  # the last trade's price
+            | {"bid": "43210.50001000", "bid_qty": "0.00000000", "ask": "43210.55000000", "ask_qty": "12.5"},
+            {"symbol": "BINANCE:BTCUSDT", "price": "43210.50001000", "ts": "2026-11-23T19:00:00.122000Z"}
+            | {"qty": "100.00000001", "side": "buy", "trade_id": "3512345680"},
         ]
         await through_the_hub(settings, fake, bridge, push, expected, startup=1)
 
@@ -116,7 +138,13 @@ async def test_coinbase_tickers_reach_subscribers_and_postgresql_exactly(setting
         async def push() -> None:
             await fake.connections[0].send(fake.ticker("ETH-USD", "3012.10", "2026-11-23T19:00:00.5Z"))
 
-        expected = [("COINBASE:ETH-USD", "3012.10", "2026-11-23T19:00:00.500000Z")]
+        ticker = sample("coinbase_ticker")
+        expected = [
+            {"symbol": "COINBASE:ETH-USD", "price": "3012.10", "ts": "2026-11-23T19:00:00.500000Z"}
+            | {"qty": ticker["last_size"], "side": "buy", "trade_id": str(fake._trade_id + 1)}
+            | {"bid": ticker["best_bid"], "bid_qty": ticker["best_bid_size"], "ask": ticker["best_ask"]}
+            | {"ask_qty": ticker["best_ask_size"]}
+        ]
         await through_the_hub(settings, fake, coinbase_bridge(fake, ("ETH-USD",)), push, expected, startup=0)
 
 
@@ -125,11 +153,14 @@ async def test_kraken_float_prices_reach_subscribers_and_postgresql_exactly(sett
 
         async def push() -> None:
             await fake.connections[0].send(FakeKraken.ticker_update("BTC/USD", "26394.123456789012345"))
-            await fake.connections[0].send(FakeKraken.ticker_update("BTC/USD", "26394.10"))
+            await fake.connections[0].send(FakeKraken.trade_update("BTC/USD", "26394.10", "0.000100", "sell", 42))
 
+        at = "2026-11-23T19:00:00.654321Z"
+        quote = {"bid": "26394.0", "bid_qty": "0.2", "ask": "26394.1", "ask_qty": "1.1"}
         expected: list[Any] = [
-            ("KRAKEN:BTC-USD", "26394.123456789012345", "2026-11-23T19:00:00.654321Z"),
-            ("KRAKEN:BTC-USD", "26394.10", "2026-11-23T19:00:00.654321Z"),
+            {"symbol": "KRAKEN:BTC-USD", "price": "26394.123456789012345", "ts": at} | quote,
+            {"symbol": "KRAKEN:BTC-USD", "price": "26394.10", "ts": at, "qty": "0.000100", "side": "sell"}
+            | {"trade_id": "42"},
         ]
         await through_the_hub(settings, fake, kraken_bridge(fake, ("BTC/USD",)), push, expected, startup=1)
 

@@ -55,7 +55,18 @@ def kraken_bridge(fake: FakeKraken, symbols: tuple[str, ...] = ("BTC/USD", "ETH/
 def test_coinbase_ticker_becomes_a_quote_and_acks_and_heartbeats_carry_none() -> None:
     adapter = CoinbaseAdapter("wss://x", ["ETH-USD"])
     assert adapter.decode(sample_text("coinbase_ticker")) == [
-        Quote("COINBASE:ETH-USD", "1285.22", "2022-10-19T23:28:22.061769Z", "370843401")
+        Quote(
+            "COINBASE:ETH-USD",
+            "1285.22",
+            "2022-10-19T23:28:22.061769Z",
+            trade_id="370843401",
+            qty="11.4396987",  # last_size
+            side="buy",  # the taker's
+            bid="1285.04",
+            bid_qty="0.46688654",
+            ask="1285.27",
+            ask_qty="1.56637040",
+        )
     ]
     assert adapter.decode(sample_text("coinbase_subscriptions")) == []
     assert adapter.decode(sample_text("coinbase_heartbeat")) == []
@@ -123,7 +134,17 @@ async def feed_ticks(stream: SSEStream, n: int) -> list[dict[str, Any]]:
 def test_coinbase_tickers_carry_the_exchange_trade_id() -> None:
     adapter = CoinbaseAdapter("wss://x", RECORDED_PRODUCTS)
     [quote] = adapter.decode(recording("coinbase_ticker_recording")[0])
-    assert quote == Quote("COINBASE:BAND-GBP", "14.7775", "2021-04-17T16:43:30.244075Z", "881613")
+    assert quote == Quote(  # recorded in 2021: the best quote without its sizes
+        "COINBASE:BAND-GBP",
+        "14.7775",
+        "2021-04-17T16:43:30.244075Z",
+        "881613",
+        "0.04",
+        "buy",
+        "14.7550",
+        None,
+        "14.8060",
+    )
 
 
 async def test_a_recorded_coinbase_session_is_published_once_whoever_attaches_when() -> None:
@@ -143,6 +164,8 @@ async def test_a_recorded_coinbase_session_is_published_once_whoever_attaches_wh
     assert [(t["symbol"], t["price"], t["trade_id"]) for t in replayed] == [
         (f"COINBASE:{m['product_id']}", m["price"], str(m["trade_id"])) for m in RECORDED
     ]
+    fields = [(t["qty"], t["side"], t["bid"], t["ask"]) for t in replayed]
+    assert fields == [(m["last_size"], m["side"], m["best_bid"], m["best_ask"]) for m in RECORDED], "every digit"
     newest = {t["symbol"]: t for t in replayed}
     assert greeted == sorted(newest.values(), key=lambda t: t["seq"]), "the newest of each, as published"
 
@@ -184,10 +207,31 @@ def test_kraken_numbers_keep_their_exact_decimal_text(text: str, exact: str | No
     assert quote.price == (exact or text)
 
 
+@pytest.mark.parametrize("text", ["1e99999999", "1E+99999999", "5e-99999999", "-1e99999999", "1e24", "1.5e-19"])
+def test_a_kraken_number_whose_exponent_no_tick_could_hold_is_kept_as_written(text: str) -> None:
+    """Eleven bytes of JSON, ``1e99999999``, written out in full are a hundred million digits: the bridge
+    built the whole string (``1e999999999``: 2 GB, seconds of CPU) before the price check refused it.
+    A number whose plain form would pass the wire's limits (24 digits before the point, 18 after) is
+    written out; any other is kept as written, and refused as it is."""
+    assert decimal_text(text) == text
+    [quote] = KrakenAdapter("wss://x", ["BTC/USD"]).decode(FakeKraken.ticker_update("BTC/USD", text))
+    assert quote.price == text
+    bridge = ExchangeBridge(KrakenAdapter("wss://x", ["BTC/USD"]), bridge_settings("wss://x", ("BTC/USD",), "k"))
+    assert not bridge.publish(quote) and bridge.malformed == {"bad_price": 1}
+
+
 def test_kraken_snapshot_update_and_control_messages() -> None:
     adapter = KrakenAdapter("wss://x", ["BTC/USD"])
     assert adapter.decode(sample_text("kraken_ticker_snapshot")) == [
-        Quote("KRAKEN:BTC-USD", "26394.10", "2023-09-25T09:04:31.742599Z")
+        Quote(
+            "KRAKEN:BTC-USD",
+            "26394.10",
+            "2023-09-25T09:04:31.742599Z",
+            bid="26393.9",
+            bid_qty="0.13",
+            ask="26394.0",
+            ask_qty="2.50",
+        )
     ]
     assert adapter.decode(sample_text("kraken_ticker_update"))[0].price == "26394.123456789012345"
     for control in ("kraken_status", "kraken_subscribe_ack", "kraken_heartbeat"):
@@ -203,10 +247,62 @@ async def test_kraken_subscribes_and_publishes_snapshot_then_updates_exactly() -
         await conn.send(sample_text("kraken_heartbeat"))
         await conn.send(FakeKraken.ticker_update("ETH/USD", "3012.50"))
         await wait_for(lambda: bridge.bridge.published == 3, what="an update")
-    assert conn.messages == [{"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD", "ETH/USD"]}}]
+    assert conn.messages == [
+        {"method": "subscribe", "params": {"channel": "ticker", "symbol": ["BTC/USD", "ETH/USD"]}},
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "ETH/USD"], "snapshot": False}},
+    ]
     assert {q.symbol: q.price for q in bridge.bridge.latest.values()} == {
         "KRAKEN:BTC-USD": "26394.10",
         "KRAKEN:ETH-USD": "3012.50",
+    }
+
+
+def test_kraken_trades_keep_the_exact_text_of_their_numbers() -> None:
+    adapter = KrakenAdapter("wss://x", ["MATIC/USD", "BTC/USD"])
+    assert adapter.decode(sample_text("kraken_trade_snapshot")) == [
+        Quote("KRAKEN:MATIC-USD", "0.5147", "2023-09-25T07:48:36.925533Z", "4665846", "6423.46326", "buy"),
+        Quote("KRAKEN:MATIC-USD", "0.5147", "2023-09-25T07:49:36.925603Z", "4665847", "1136.19677815", "buy"),
+    ]
+    text = FakeKraken.trade_update("BTC/USD", "26394.10", "0.00150000", "sell", 9007199254740993)
+    [quote] = adapter.decode(text)
+    assert (quote.price, quote.qty, quote.side, quote.trade_id) == (
+        "26394.10",
+        "0.00150000",
+        "sell",
+        "9007199254740993",
+    )
+    [quote] = adapter.decode(FakeKraken.trade_update("BTC/USD", "1.5e-05", "2E+3", "buy", 1))
+    assert (quote.price, quote.qty) == ("0.000015", "2000")
+
+
+async def test_kraken_publishes_trades_and_tickers_with_sizes_and_quotes_exactly() -> None:
+    async with FakeKraken() as fake, running_bridge(kraken_bridge(fake, ("BTC/USD",))) as bridge:
+        conn = await fake.connection(0)
+        async with subscribe(bridge.base, last_event_id="0") as stream:
+            [snapshot] = await feed_ticks(stream, 1)
+            await conn.send(FakeKraken.trade_update("BTC/USD", "26394.20", "0.50000000", "sell", 77))
+            await conn.send(FakeKraken.ticker_update("BTC/USD", "26394.20"))
+            trade, ticker = await feed_ticks(stream, 2)
+    keys = ("price", "qty", "side", "trade_id", "bid", "bid_qty", "ask", "ask_qty")
+    assert {k: snapshot.get(k) for k in keys} == dict.fromkeys(keys) | {
+        "price": "26394.10",
+        "bid": "26393.9",
+        "bid_qty": "0.13",
+        "ask": "26394.0",
+        "ask_qty": "2.50",
+    }
+    assert {k: trade[k] for k in keys if k in trade} == {
+        "price": "26394.20",
+        "qty": "0.50000000",
+        "side": "sell",
+        "trade_id": "77",
+    }
+    assert {k: ticker[k] for k in keys if k in ticker} == {
+        "price": "26394.20",
+        "bid": "26394.0",
+        "bid_qty": "0.2",
+        "ask": "26394.1",
+        "ask_qty": "1.1",
     }
 
 

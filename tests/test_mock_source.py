@@ -7,13 +7,14 @@ import random
 import signal
 import socket
 import time
+from decimal import Decimal
 
 import aiohttp
 import orjson
 from helpers import free_port, port_open, running_mock, spawn_mock_source, stop_process, wait_for
 
-from sources.mock import RandomWalk, parse_start
-from tickhub.wire import PRICE_RE, SSEParser
+from sources.mock import RandomWalk, TradeQuotes, parse_start
+from tickhub.wire import OPTIONAL_FIELDS, PRICE_RE, SSEParser, check_fields
 
 
 def test_random_walk_rules() -> None:
@@ -30,6 +31,43 @@ def test_random_walk_rules() -> None:
         previous_direction = walk.direction
     assert 0.12 < flips / 20_000 < 0.22, "direction flips about 15% of the time (plus bounces off zero)"
     assert len(set(prices)) > 20
+
+
+def test_each_step_is_a_trade_at_the_best_bid_or_ask_and_every_field_is_valid_on_the_wire() -> None:
+    walk, quotes = RandomWalk("0.50", random.Random(1)), TradeQuotes(random.Random(2))
+    sides = set()
+    for n in range(1, 5001):
+        before = walk.cents
+        price = Decimal(walk.step())
+        fields = quotes.fields("X", walk, before)
+        checked = check_fields(fields)
+        assert checked is not None and checked.as_dict() == fields and list(fields) == list(OPTIONAL_FIELDS)
+        bid, ask = Decimal(fields["bid"]), Decimal(fields["ask"])
+        assert 0 < bid < ask <= bid + Decimal("0.08"), "a spread of 1-8 cents, never at or below zero"
+        assert price == (ask if fields["side"] == "buy" else bid), "a buyer lifts the ask, a seller hits the bid"
+        if walk.cents < before:
+            assert fields["side"] == "sell"
+        elif walk.cents > before and walk.cents > 8:
+            assert fields["side"] == "buy"
+        assert fields["trade_id"] == str(n) and Decimal(fields["qty"]) > 0
+        sides.add(fields["side"])
+    assert sides == {"buy", "sell"}
+
+
+async def test_a_seed_gives_the_same_prices_with_or_without_the_trade_and_quote_fields() -> None:
+    ticks = {}
+    for fields in ("all", "price"):
+        port = free_port()
+        extra = ("--limit", "300", "--seed", "5", "--fields", fields)
+        proc = spawn_mock_source(port, symbols="BTCUSD,META", interval=0, extra=extra)
+        try:
+            await wait_for(lambda port=port: port_open(port), 20, "the source process")
+            ticks[fields] = await read_events(f"http://127.0.0.1:{port}/stream", 300, last_event_id="0")
+        finally:
+            assert stop_process(proc) == 0
+    assert [t["price"] for t in ticks["all"]] == [t["price"] for t in ticks["price"]]
+    assert all(set(t) == {"source", "symbol", "price", "ts", "seq", *OPTIONAL_FIELDS} for t in ticks["all"])
+    assert all(set(t) == {"source", "symbol", "price", "ts", "seq"} for t in ticks["price"])
 
 
 def test_start_prices_default_and_override() -> None:
