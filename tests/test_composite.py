@@ -11,10 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tickhub.composite import CompositeBook, Evaluation, VenuePrice, evaluate
+from tickhub.composite import CompositeBook
 from tickhub.config import Settings, SettingsError, parse_sources
+from tickhub.consolidation import Evaluation, VenuePrice, consolidated, evaluate
 from tickhub.instruments import Instrument, InstrumentsError, VenueSpec, load_instruments, parse_instruments
-from tickhub.wire import PRICE_RE, SourceTick, Tick, format_ts
+from tickhub.wire import PRICE_RE, SourceTick, Tick, TickFields, format_ts
 
 WINDOW = 10.0
 MAX_DEV = Decimal("1")
@@ -304,3 +305,48 @@ def test_composite_timestamps_match_format_ts_across_second_boundaries() -> None
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     for us in (0, 1_795_460_400_123_456, 1_795_460_400_999_999, 1_795_460_401_000_000, 951_782_400_000_001):
         assert b._ts(us) == format_ts(epoch + timedelta(microseconds=us))
+
+
+def quoted(source: str, price: str, bid: str, ask: str, age: float = 0.0, quote_age: float | None = None) -> VenuePrice:
+    """A venue with a quote (bid and ask sized 1.5 and 2), its quote ``quote_age`` seconds old."""
+    v = VenuePrice(source, "BTCUSD", "USD")
+    fields = TickFields.of(bid=bid, bid_qty="1.5", ask=ask, ask_qty="2")
+    made = datetime.fromtimestamp(NOW - (age if quote_age is None else quote_age), UTC)
+    v.update(Tick(1, source, "BTCUSD", price, made, 1, None, None, fields), NOW)
+    if quote_age is not None:  # a later trade without a quote: the price is fresher than the quote
+        v.update(Tick(2, source, "BTCUSD", price, datetime.fromtimestamp(NOW - age, UTC), 2), NOW)
+    return v
+
+
+def test_the_consolidated_quote_is_the_best_bid_and_ask_of_the_fresh_venues_used() -> None:
+    a = quoted("a", "100.00", bid="99.50", ask="100.60")
+    b = quoted("b", "100.10", bid="99.80", ask="100.40")
+    c = quoted("c", "100.05", bid="99.90", ask="100.30", quote_age=WINDOW + 1)  # its quote is stale
+    result = composite(a, b, c)
+    assert result.best_bid is b and result.best_ask is b
+    assert consolidated(result) == ("99.80", "1.5", ("b", "BTCUSD"), "100.40", "2", ("b", "BTCUSD"))
+    far = quoted("far", "150.00", bid="149.00", ask="150.00")  # an outlier's quote is left out too
+    assert composite(a, b, far).best_ask is b
+    crossed = quoted("x", "100.00", bid="100.50", ask="100.70")  # across venues the best bid may pass the best ask
+    result = composite(a, crossed)
+    assert result.best_bid is crossed and result.best_ask is a
+    assert composite(venue("plain", "100.00")).best_bid is None
+
+
+def test_a_composite_carries_the_consolidated_quote_and_its_venues() -> None:
+    b, published = book()
+    for source, bid, ask in (("mock-a", "42999.00", "43001.00"), ("mock-b", "42999.50", "43002.00")):
+        fields = TickFields.of(bid=bid, bid_qty="0.5", ask=ask, ask_qty="0.25")
+        feed(b, Tick(1, source, "BTCUSD", "43000.00", datetime.now(UTC), 1, None, None, fields))
+    last = published[-1]
+    assert last.fields is not None and last.fields.values()[3:] == ("42999.50", "0.5", "43001.00", "0.25")
+    assert last.extra["best"] == {
+        "bid": {"source": "mock-b", "symbol": "BTCUSD"},
+        "ask": {"source": "mock-a", "symbol": "BTCUSD"},
+    }
+    report = b.report()[0]
+    assert report["best"]["bid"] == {"price": "42999.50", "qty": "0.5", "source": "mock-b", "symbol": "BTCUSD"}
+    count = len(published)
+    fields = TickFields.of(bid="42999.60", bid_qty="0.5", ask="43002.00", ask_qty="0.25")
+    feed(b, Tick(2, "mock-b", "BTCUSD", "43000.00", datetime.now(UTC), 2, None, None, fields))
+    assert len(published) == count + 1, "a new best bid alone publishes a composite"

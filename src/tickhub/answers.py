@@ -47,6 +47,18 @@ class VenueQuote(Struct):
     ts: Time
 
 
+class VenueName(Struct):
+    source: str
+    symbol: str
+
+
+class BestVenues(Struct, omit_defaults=True):
+    """Which venue has the consolidated quote's bid and which its ask (a side no venue quotes is absent)."""
+
+    bid: VenueName | UnsetType = UNSET
+    ask: VenueName | UnsetType = UNSET
+
+
 class Tick(Struct):
     """One price observation with its place in the hub stream. The optional fields follow ``seq`` in
     this order when the source has them, never as 0 or null when it has not; ``venues`` comes last."""
@@ -82,6 +94,13 @@ class Tick(Struct):
         Annotated[
             list[VenueQuote],
             Meta(description="Composite ticks only (source `composite`): the venues whose prices made it."),
+        ]
+        | UnsetType
+    ) = UNSET
+    best: (
+        Annotated[
+            BestVenues,
+            Meta(description="Composite ticks with a quote: the venue of the best bid and of the best ask."),
         ]
         | UnsetType
     ) = UNSET
@@ -162,6 +181,18 @@ class VenueState(Struct):
     exclusions: Annotated[int, Meta(description="Composites it was left out of.")]
 
 
+class QuoteSide(Struct):
+    price: PositiveText
+    qty: SizeText | None
+    source: str
+    symbol: str
+
+
+class ConsolidatedQuote(Struct):
+    bid: QuoteSide | None
+    ask: QuoteSide | None
+
+
 class Instrument(Struct):
     name: Annotated[str, Meta(description="The composite's symbol on the stream.")]
     quote: str
@@ -170,6 +201,10 @@ class Instrument(Struct):
     price: Annotated[DecimalText | None, Meta(description="The composite computed now.")]
     published: int
     last_price: Annotated[DecimalText | None, Meta(description="The last one published.")]
+    best: Annotated[
+        ConsolidatedQuote | None,
+        Meta(description="The best bid and best ask among the venues used whose quote is fresh; null: none."),
+    ]
     map: list[VenueMapping]
     venues: list[VenueState]
 

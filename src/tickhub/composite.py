@@ -18,13 +18,17 @@ tick at a time, each tick recomputes its instruments), in three steps (:func:`ev
    more than the 18 decimal places a tick price may have, which happens only when both middle
    prices have 18 and the mean ends in a 5 at the 19th.
 
+Beside the price, the consolidated quote: the best bid and the best ask among the venues used whose
+quote is fresh, each with its venue (:mod:`tickhub.consolidation`).
+
 No fresh venue, or every fresh venue excluded: nothing is published, and /health says why.
-Nor is a composite whose price and contributing venues are those of the last one published.
+Nor is a composite whose price, quote and contributing venues are those of the last one published.
 A composite is published as a tick of the pseudo-source ``composite`` whose symbol is the
-instrument's name, with the contributing venues in an extra ``venues`` field. Its seq follows the
-source contract: when a hub starts ingesting it starts above the last one issued (the newest in the
-log or PostgreSQL, or the time in microseconds if later), then grows by exactly 1 per composite, so a
-consumer sees a gap in ``composite`` as in any source.
+instrument's name: its ``bid``, ``bid_qty``, ``ask``, ``ask_qty`` are the consolidated quote, and
+its extra fields list the contributing ``venues`` and the ``best`` bid's and ask's venue. Its seq
+follows the source contract: the first run starts at the time in microseconds, later ones right
+after the last composite in the log or PostgreSQL; then +1 per composite, so a consumer sees a gap
+in ``composite`` as in any source.
 Work per tick is O(venues of the instrument); a tick of an unmapped symbol never gets here.
 """
 
@@ -34,18 +38,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
-from operator import attrgetter
-from typing import Any, NamedTuple
+from decimal import Decimal
+from typing import Any
 
+from .consolidation import Evaluation, VenuePrice, consolidated, evaluate
 from .instruments import COMPOSITE_SOURCE, Instrument, VenueSpec
-from .wire import SourceTick, Tick, format_ts
+from .wire import SourceTick, Tick, TickFields, format_ts
 
-#: Wide enough that sums and halves of tick prices (at most 24 + 18 digits) are exact.
-EXACT = Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
-PLACES = Decimal(1).scaleb(-18)  # a tick price has at most 18 decimal places
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-BY_VALUE = attrgetter("value")
 REASONS = {
     "unchanged": "the same price from the same venues as the last composite",
     "no_data": "no venue has sent a price yet",
@@ -54,85 +54,10 @@ REASONS = {
 }
 
 
-class VenuePrice:
-    """The latest price of one (source, symbol) pair feeding an instrument."""
-
-    __slots__ = ("exclusions", "price", "quote", "seen_at", "source", "symbol", "ts", "value")
-
-    def __init__(self, source: str, symbol: str, quote: str) -> None:
-        self.source = source
-        self.symbol = symbol
-        self.quote = quote
-        self.price = ""
-        self.value = Decimal(0)
-        self.ts = ""
-        self.seen_at = float("-inf")  # Unix seconds: the earlier of source time and arrival
-        self.exclusions = 0
-
-    def update(self, tick: Tick, now: float) -> None:
-        self.price = tick.price
-        self.value = Decimal(tick.price)
-        self.ts = tick.ts
-        self.seen_at = min(tick.time.timestamp(), now)
-
-    def wire(self) -> dict[str, str]:
-        """The venue as listed in a composite tick."""
-        return {"source": self.source, "symbol": self.symbol, "price": self.price, "ts": self.ts}
-
-
-class Evaluation(NamedTuple):
-    """One computation: the composite price (None: nothing to publish, see ``reason``) and the venues
-    it used, excluded as outliers, or found stale."""
-
-    price: str | None
-    used: list[VenuePrice]
-    excluded: list[VenuePrice]
-    stale: list[VenuePrice]
-    reason: str | None
-
-
-def evaluate(venues: Iterable[VenuePrice], now: float, window: float, max_deviation: Decimal) -> Evaluation:
-    """The composite of ``venues`` at Unix time ``now`` (see the module's docstring)."""
-    fresh: list[VenuePrice] = []
-    stale: list[VenuePrice] = []
-    for venue in venues:
-        (fresh if now - venue.seen_at <= window else stale).append(venue)
-    if not fresh:
-        return Evaluation(None, [], [], stale, "all_stale" if stale else "no_data")
-    if len(fresh) == 1:  # its own median: nothing to compare or compute
-        return Evaluation(fresh[0].price, fresh, [], stale, None)
-    ranked = sorted(fresh, key=BY_VALUE)
-    with localcontext(EXACT):
-        middle = _median(ranked)
-        limit = max_deviation * middle  # |p - m| / m > d% is |p - m| * 100 > d * m: no division, exact
-        excluded = [v for v in fresh if abs(v.value - middle) * 100 > limit]
-        if excluded:
-            fresh = [v for v in fresh if v not in excluded]
-            if not fresh:
-                return Evaluation(None, [], excluded, stale, "all_outliers")
-            ranked = [v for v in ranked if v not in excluded]
-            middle = _median(ranked)
-    if len(ranked) % 2:
-        price = ranked[len(ranked) // 2].price  # exactly as the venue sent it
-    else:
-        price = format(middle, "f")
-        point = price.find(".")
-        if point >= 0 and len(price) - point > 19:  # more than 18 places: only a mean can have 19
-            price = format(middle.quantize(PLACES, rounding=ROUND_HALF_EVEN, context=EXACT), "f")
-    return Evaluation(price, fresh, excluded, stale, None)
-
-
-def _median(ranked: list[VenuePrice]) -> Decimal:
-    n = len(ranked)
-    if n % 2:
-        return ranked[n // 2].value
-    return EXACT.divide(EXACT.add(ranked[n // 2 - 1].value, ranked[n // 2].value), 2)
-
-
 class InstrumentBook:
     """One instrument: its venues (in source, symbol order) and what its composite did."""
 
-    __slots__ = ("_by_key", "instrument", "last_price", "last_used", "published", "skipped", "venues")
+    __slots__ = ("_by_key", "instrument", "last_price", "last_quote", "last_used", "published", "skipped", "venues")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
@@ -142,6 +67,7 @@ class InstrumentBook:
         self.skipped: Counter[str] = Counter()  # computations that published nothing, by reason
         self.last_price: str | None = None
         self.last_used: tuple[VenuePrice, ...] = ()  # the venues of the last composite published
+        self.last_quote: tuple[Any, ...] | None = None  # its consolidated quote, as published
 
     def venue(self, source: str, spec: VenueSpec) -> VenuePrice:
         venue = self._by_key.get((source, spec.symbol))
@@ -233,15 +159,26 @@ class CompositeBook:
             book.skipped[result.reason or "no_data"] += 1
             return
         used = tuple(result.used)
-        if result.price == book.last_price and used == book.last_used:
-            book.skipped["unchanged"] += 1  # same price from the same venues: nothing new to say
+        quote = consolidated(result)
+        if result.price == book.last_price and used == book.last_used and quote == book.last_quote:
+            book.skipped["unchanged"] += 1  # same price and quote from the same venues: nothing new to say
             return
         seq = self.last_seq = self.last_seq + 1  # the ingesting hub set the start above every earlier one
         at = EPOCH + timedelta(microseconds=now_us)
         book.published += 1
-        book.last_price, book.last_used = result.price, used
-        extra = {"venues": [v.wire() for v in result.used]}
-        self._publish(SourceTick(book.instrument.name, result.price, at, self._ts(now_us), seq, extra))
+        book.last_price, book.last_used, book.last_quote = result.price, used, quote
+        extra: dict[str, Any] = {"venues": [v.wire() for v in result.used]}
+        fields = None
+        if quote is not None:
+            bid, bid_qty, bid_venue, ask, ask_qty, ask_venue = quote
+            fields = TickFields.of(bid=bid, bid_qty=bid_qty, ask=ask, ask_qty=ask_qty)
+            extra["best"] = {
+                side: {"source": venue[0], "symbol": venue[1]}
+                for side, venue in (("bid", bid_venue), ("ask", ask_venue))
+                if venue is not None
+            }
+        tick = SourceTick(book.instrument.name, result.price, at, self._ts(now_us), seq, extra, fields)
+        self._publish(tick)
 
     def _ts(self, now_us: int) -> str:
         """``format_ts`` of a Unix time in µs; the part up to the second is made once a second."""
@@ -269,6 +206,7 @@ class CompositeBook:
                     "accept": list(instrument.accept),
                     "status": "ok" if result.price is not None else result.reason,
                     "price": result.price,
+                    "best": _quote_report(result),
                     "published": book.published,
                     "last_price": book.last_price,
                     "map": [{"symbol": s.symbol, "source": s.source, "quote": s.quote} for s in instrument.venues],
@@ -292,6 +230,17 @@ class CompositeBook:
                 "skipped": dict(book.skipped),
             }
         return out
+
+
+def _quote_report(result: Evaluation) -> dict[str, Any] | None:
+    quote = consolidated(result)
+    if quote is None:
+        return None
+    bid, bid_qty, bid_venue, ask, ask_qty, ask_venue = quote
+    return {
+        "bid": None if bid is None else {"price": bid, "qty": bid_qty, "source": bid_venue[0], "symbol": bid_venue[1]},
+        "ask": None if ask is None else {"price": ask, "qty": ask_qty, "source": ask_venue[0], "symbol": ask_venue[1]},
+    }
 
 
 def _state(venue: VenuePrice, result: Evaluation) -> str:
