@@ -126,12 +126,14 @@ class BotRunner:
             self.held.pop(symbol, None)
             self.paid.pop(symbol, None)
         self.log.info(
-            "filled #%d %s %s %s @ %s (tick %s); cash %s, realized %s",
+            "filled #%d %s %s %s @ %s (%s%s, tick %s); cash %s, realized %s",
             order.id,
             side,
             order.raw["qty"],
             symbol,
             order.raw["price"],
+            order.price_source,
+            "" if order.price_source == "last" else f"; last {order.last_price}, spread paid {order.spread_paid}",
             order.tick_id,
             order.raw["cash_after"],
             order.raw["realized"],
@@ -148,7 +150,8 @@ class BotRunner:
         me = self.hub.account()
         return (
             f"{self.name}: final P&L: realized {me.realized_pnl}, unrealized {me.unrealized_pnl}; "
-            f"cash {me.cash}, equity {me.equity}; {self.fills} fills this run; {self.repeats_summary()}"
+            f"spread paid on fills {me.spread_paid}; cash {me.cash}, equity {me.equity}; "
+            f"{self.fills} fills this run; {self.repeats_summary()}"
         )
 
     def repeats_summary(self) -> str:

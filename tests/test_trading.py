@@ -361,3 +361,50 @@ async def test_an_order_is_readable_at_its_location_by_its_own_key_only(settings
             assert (status, body["error"]["code"]) == (400, "bad_parameter"), bad
         status, body, _ = await Client(session, hub.url, None).call("GET", headers["Location"])
         assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+def quoted_event(seq: int, symbol: str, price: str, bid: str | None, ask: str | None, ts: str | None = None) -> bytes:
+    """A tick with a best quote (sizes 3 and 4), dated now unless ``ts`` says otherwise."""
+    from datetime import UTC, datetime
+
+    from tickhub.wire import format_ts
+
+    data: dict[str, Any] = {"symbol": symbol, "price": price, "ts": ts or format_ts(datetime.now(UTC)), "seq": seq}
+    if bid is not None:
+        data |= {"bid": bid, "bid_qty": "3"}
+    if ask is not None:
+        data |= {"ask": ask, "ask_qty": "4"}
+    return b"id: %d\nevent: tick\ndata: %b\n\n" % (seq, orjson.dumps(data))
+
+
+async def test_market_orders_fill_at_the_quote_and_record_the_spread_paid(settings: Settings) -> None:
+    frames = [
+        quoted_event(1, "BTCUSD", "100.00", bid="99.50", ask="100.75"),  # a fresh quote, spread 1.25
+        tick_event(2, "BTCUSD", "100.10"),  # a trade after it, without a quote: the quote still counts
+        quoted_event(3, "META", "50.00", bid="49.00", ask="51.00", ts="2026-01-01T00:00:00Z"),  # a stale quote
+        tick_event(4, "TCSG", "30.00"),  # never quoted
+    ]
+    async with (
+        scripted_source(frames) as (url, _),
+        running_hub(settings.replace(sources=(("v", url),), quote_max_age=60.0)) as hub,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: hub.hub.sequencer.last_seq("v") == 4 and len(hub.hub.market.latest) == 3, what="ticks")
+        (key,) = await open_accounts(hub.hub, ("quoted", "10000"))
+        client = Client(session, hub.url, key)
+        _, bought, _ = await client.order("BTCUSD", "buy", "2")
+        _, sold, _ = await client.order("BTCUSD", "sell", "2")
+        _, meta, _ = await client.order("META", "buy", "1")
+        _, tcsg, _ = await client.order("TCSG", "buy", "1")
+        _, account, _ = await client.call("GET", "/accounts/me")
+    assert (bought["order"]["price"], bought["order"]["price_source"], bought["order"]["last_price"]) == (
+        "100.75",
+        "ask",
+        "100.10",
+    )
+    assert (sold["order"]["price"], sold["order"]["price_source"]) == ("99.50", "bid")
+    assert (meta["order"]["price"], meta["order"]["price_source"]) == ("50.00", "last"), "a stale quote: the last price"
+    assert (tcsg["order"]["price"], tcsg["order"]["price_source"]) == ("30.00", "last")
+    # 2 x (100.75 - 100.10) buying at the ask, 2 x (100.10 - 99.50) selling at the bid
+    assert Decimal(account["spread_paid"]) == Decimal("2.50")
+    assert Decimal(account["cash"]) == Decimal(10000) - Decimal("201.50") + Decimal("199.00") - 50 - 30

@@ -14,7 +14,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -43,11 +43,18 @@ INSERT INTO positions (account_id, symbol, qty, cost_basis, realized) VALUES ($1
 ON CONFLICT (account_id, symbol) DO UPDATE SET qty = $3, cost_basis = $4, realized = $5
 """
 SQL_SET_CASH = "UPDATE accounts SET cash = $2 WHERE id = $1"
-_ORDER_COLUMNS = "id, symbol, side, qty, price, amount, realized, cash_after, tick_id, tick_ts, filled_at"
+_ORDER_COLUMNS = (
+    "id, symbol, side, qty, price, amount, realized, cash_after, tick_id, tick_ts, filled_at, price_source, last_price"
+)
 SQL_INSERT_ORDER = f"""
 INSERT INTO orders (account_id, symbol, side, qty, price, amount, realized, cash_after, tick_id, tick_ts,
-                    idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_ORDER_COLUMNS}
+                    idempotency_key, price_source, last_price)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {_ORDER_COLUMNS}
+"""
+#: What the account's fills paid over the last trade price: the spread, buying at the ask, selling at the bid.
+SQL_SPREAD_PAID = """
+SELECT coalesce(sum(CASE side WHEN 'buy' THEN price - last_price ELSE last_price - price END * qty), 0)
+FROM orders WHERE account_id = $1 AND last_price IS NOT NULL
 """
 SQL_ORDER_BY_KEY = f"SELECT {_ORDER_COLUMNS} FROM orders WHERE account_id = $1 AND idempotency_key = $2"
 SQL_ORDER = f"SELECT {_ORDER_COLUMNS} FROM orders WHERE account_id = $1 AND id = $2"
@@ -112,6 +119,15 @@ def split_key(full: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+class Fill(NamedTuple):
+    """The price a market order fills at, which one it is (``ask``, ``bid`` or ``last``), and the last
+    trade price then."""
+
+    price: str
+    source: str
+    last: str
+
+
 @dataclass(frozen=True)
 class Order:
     id: int
@@ -125,6 +141,8 @@ class Order:
     tick_id: int
     tick_ts: Any
     filled_at: Any
+    price_source: str = "last"
+    last_price: Decimal | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +157,8 @@ class Order:
             "tick_id": str(self.tick_id),
             "tick_ts": format_ts(self.tick_ts),
             "filled_at": format_ts(self.filled_at),
+            "price_source": self.price_source,
+            "last_price": decimal_text(self.last_price) if self.last_price is not None else None,
         }
 
 
@@ -197,9 +217,18 @@ class Accounts:
         return row["account_id"] if row is not None and matches else None
 
     async def place(
-        self, account_id: int, symbol: str, side: str, qty: Decimal, tick: Tick, idempotency_key: str | None
+        self,
+        account_id: int,
+        symbol: str,
+        side: str,
+        qty: Decimal,
+        tick: Tick,
+        idempotency_key: str | None,
+        fill: Fill | None = None,
     ) -> tuple[Order, bool]:
-        """Fill a market order against ``tick``; (order, replayed). Raises OrderRejected."""
+        """Fill a market order at ``fill`` (default: ``tick``'s price); (order, replayed). ``tick`` is the
+        latest tick of the symbol, whose price is the last trade's. Raises OrderRejected."""
+        fill = fill or Fill(tick.price, "last", tick.price)
         with unavailable_as_error():
             async with self.store.pool.acquire() as conn, conn.transaction():
                 account = await conn.fetchrow(SQL_LOCK_ACCOUNT, account_id)
@@ -215,7 +244,7 @@ class Accounts:
                 position = await conn.fetchrow(SQL_POSITION, account_id, symbol)
                 held, basis, realized = position if position is not None else (Decimal(0), Decimal(0), Decimal(0))
                 cash = account["cash"]
-                price = Decimal(tick.price)
+                price = Decimal(fill.price)
                 with localcontext() as ctx:
                     ctx.prec = 80  # exact for any price x qty we accept
                     amount = price * qty
@@ -247,6 +276,8 @@ class Accounts:
                     tick.id,
                     tick.time,
                     idempotency_key,
+                    fill.source,
+                    Decimal(fill.last),
                 )
         return _order(row), False
 
@@ -268,6 +299,7 @@ class Accounts:
             async with self.store.pool.acquire() as conn:
                 account = await conn.fetchrow(SQL_ACCOUNT, account_id)
                 rows = await conn.fetch(SQL_POSITIONS, account_id)
+                spread_paid = await conn.fetchval(SQL_SPREAD_PAID, account_id)
         positions, realized_total, unrealized_total, value_total = [], Decimal(0), Decimal(0), Decimal(0)
         with localcontext() as ctx:
             ctx.prec = 80
@@ -299,4 +331,5 @@ class Accounts:
             "realized_pnl": decimal_text(realized_total),
             "unrealized_pnl": decimal_text(unrealized_total),
             "equity": decimal_text(equity),
+            "spread_paid": decimal_text(spread_paid),
         }

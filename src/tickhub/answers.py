@@ -232,6 +232,16 @@ class Order(Struct):
     tick_id: str
     tick_ts: Time
     filled_at: Time
+    price_source: Annotated[
+        Literal["ask", "bid", "last"],
+        Meta(
+            description="The price it filled at: the best ask (a buy) or bid (a sell) of a fresh quote, else the last."
+        ),
+    ]
+    last_price: Annotated[
+        DecimalText | None,
+        Meta(description="The last trade price when it filled (price minus it, times qty: the spread paid)."),
+    ]
 
 
 class OrderResult(Struct):
@@ -272,6 +282,10 @@ class Account(Struct):
     realized_pnl: DecimalText
     unrealized_pnl: DecimalText
     equity: DecimalText
+    spread_paid: Annotated[
+        DecimalText,
+        Meta(description="What its fills paid over the last trade price: buying at the ask, selling at the bid."),
+    ]
 
 
 # --- work -------------------------------------------------------------------------------------

@@ -166,12 +166,25 @@ class Order:
     tick_id: str
     tick_ts: str
     filled_at: str
+    #: What it filled at: ``ask`` (a buy) or ``bid`` (a sell) of a fresh quote, else ``last``.
+    price_source: str = "last"
+    #: The last trade price when it filled; ``spread_paid`` is what the fill cost beyond it.
+    last_price: Decimal | None = None
     replayed: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def spread_paid(self) -> Decimal:
+        """Buying at the ask above the last price, or selling at the bid below it: the difference, times qty."""
+        if self.last_price is None:
+            return Decimal(0)
+        gap = self.price - self.last_price if self.side == "buy" else self.last_price - self.price
+        return gap * self.qty
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], replayed: bool = False) -> Order:
         amounts = {name: Decimal(obj[name]) for name in ("qty", "price", "amount", "realized", "cash_after")}
+        last = obj.get("last_price")
         return cls(
             id=obj["id"],
             symbol=obj["symbol"],
@@ -179,6 +192,8 @@ class Order:
             tick_id=obj["tick_id"],
             tick_ts=obj["tick_ts"],
             filled_at=obj["filled_at"],
+            price_source=obj.get("price_source", "last"),
+            last_price=None if last is None else Decimal(last),
             replayed=replayed,
             raw=obj,
             **amounts,
@@ -220,6 +235,8 @@ class Account:
     realized_pnl: Decimal
     unrealized_pnl: Decimal
     equity: Decimal
+    #: What its fills paid over the last trade price (buying at the ask, selling at the bid).
+    spread_paid: Decimal = Decimal(0)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -231,6 +248,7 @@ class Account:
             realized_pnl=Decimal(obj["realized_pnl"]),
             unrealized_pnl=Decimal(obj["unrealized_pnl"]),
             equity=Decimal(obj["equity"]),
+            spread_paid=Decimal(obj.get("spread_paid", "0")),
             raw=obj,
         )
 

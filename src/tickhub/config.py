@@ -338,6 +338,13 @@ SETTINGS: tuple[Setting, ...] = (
         "What serializes GET /test: local (one asyncio.Lock per process) or postgres (all replicas).",
     ),
     Setting("test_wait_max", _positive(float), 300.0, "Longest a GET /test call waits for its turn (then 503)."),
+    Setting(
+        "quote_max_age",
+        _positive(float),
+        10.0,
+        "Seconds a best bid or ask counts for fills: a market buy fills at the ask and a sell at the bid while the"
+        " quote is younger, else at the last trade price.",
+    ),
     Setting("task_timeout_max", _non_negative(float), 3600.0, "Largest timeout a task may ask for, in seconds."),
     Setting("task_queue_max", _positive(int), 1000, "Most open (pending or running) tasks; more are refused with 503."),
     Setting(
@@ -433,6 +440,7 @@ class Settings:
     test_delay: float = 3.0
     test_lock: str = "local"
     test_wait_max: float = 300.0
+    quote_max_age: float = 10.0
     task_timeout_max: float = 3600.0
     task_queue_max: int = 1000
     tasks_per_client: int = 20

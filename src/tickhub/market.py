@@ -10,16 +10,21 @@ from .wire import Tick, event_frame
 class Market:
     """Latest prices, updated by every tick in hub order."""
 
-    __slots__ = ("by_source", "last_id", "latest")
+    __slots__ = ("by_source", "last_id", "latest", "quoted")
 
     def __init__(self) -> None:
         self.latest: dict[str, Tick] = {}
+        #: The newest tick of each symbol that carried a best bid or ask (a trade may come without one).
+        self.quoted: dict[str, Tick] = {}
         self.by_source: dict[str, dict[str, Tick]] = {}
         #: The newest hub id seen (also from history), so a snapshot carries a resumable id.
         self.last_id: int | None = None
 
     def update(self, tick: Tick) -> None:
         self.latest[tick.symbol] = tick
+        fields = tick.fields
+        if fields is not None and (b',"bid":' in fields.json or b',"ask":' in fields.json):
+            self.quoted[tick.symbol] = tick
         sources = self.by_source.get(tick.symbol)
         if sources is None:
             sources = self.by_source[tick.symbol] = {}

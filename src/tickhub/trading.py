@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .accounts import OrderRejected
+from .accounts import Fill, OrderRejected
 from .errors import ApiError
 from .http import read_model
 from .models import OrderRequest
 from .responses import JSONResponse
 from .routes_common import INT64_MAX, bearer_account, hub_of, parse_int, parse_limit
+from .wire import Tick
 
 
 async def authenticate(request: Request) -> int:
@@ -30,6 +33,18 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def fill_price(side: str, last: Tick, quoted: Tick | None, max_age: float) -> Fill:
+    """Where a market order fills: a buy at the best ask, a sell at the best bid, when a quote no older than
+    ``max_age`` seconds (by its source time) has that side; else at the last trade price."""
+    if quoted is not None and time.time() - quoted.time.timestamp() <= max_age and quoted.fields is not None:
+        _, _, _, bid, _, ask, _ = quoted.fields.values()
+        if side == "buy" and ask is not None:
+            return Fill(ask, "ask", last.price)
+        if side == "sell" and bid is not None:
+            return Fill(bid, "bid", last.price)
+    return Fill(last.price, "last", last.price)
+
+
 async def place_order(request: Request) -> Response:
     account_id = await authenticate(request)
     hub = hub_of(request)
@@ -38,8 +53,9 @@ async def place_order(request: Request) -> Response:
     tick = hub.market.latest.get(body.symbol)
     if tick is None:
         raise ApiError(422, "no_price", f"no price for {body.symbol} yet")
+    fill = fill_price(body.side, tick, hub.market.quoted.get(body.symbol), hub.settings.quote_max_age)
     try:
-        order, replayed = await hub.accounts.place(account_id, body.symbol, body.side, body.qty, tick, key)
+        order, replayed = await hub.accounts.place(account_id, body.symbol, body.side, body.qty, tick, key, fill)
     except OrderRejected as exc:
         raise ApiError(422, exc.code, exc.message) from None
     headers = {"Location": f"/orders/{order.id}"}
