@@ -35,7 +35,7 @@ async def test_live_demo_streams_exact_binance_prices_and_stops_cleanly(settings
             descendants = demo.descendants()
             assert len(descendants) >= 2, "the bridge and the hub"
             conn = await fake.connection(0)
-            assert conn.query == {"streams": "btcusdt@trade/ethusdt@trade"}
+            assert conn.query == {"streams": "btcusdt@trade/btcusdt@bookTicker/ethusdt@trade/ethusdt@bookTicker"}
             async with subscribe(f"http://127.0.0.1:{port}", "?symbols=BINANCE:BTCUSDT") as stream:
                 await stream.next_event("snapshot")
                 await conn.send(fake.trade("BTCUSDT", "43299.99000000"))

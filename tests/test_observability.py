@@ -45,6 +45,9 @@ async def test_candles_from_known_ticks(settings: Settings) -> None:
                 "low": "99.25",
                 "close": "99.25",
                 "count": 3,
+                "volume": None,
+                "trades": 0,
+                "vwap": None,
             },
             {
                 "start": "2026-11-23T10:00:01.000000Z",
@@ -53,6 +56,9 @@ async def test_candles_from_known_ticks(settings: Settings) -> None:
                 "low": "101.00",
                 "close": "101.00",
                 "count": 1,
+                "volume": None,
+                "trades": 0,
+                "vwap": None,
             },
             {
                 "start": "2026-11-23T10:01:30.000000Z",
@@ -61,6 +67,9 @@ async def test_candles_from_known_ticks(settings: Settings) -> None:
                 "low": "102.00",
                 "close": "102.00",
                 "count": 1,
+                "volume": None,
+                "trades": 0,
+                "vwap": None,
             },
         ]
         status, body = await get_json(f"{hub.url}/prices/BTCUSD/candles?interval=1m&{RANGE}")
