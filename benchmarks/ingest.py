@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
+import orjson
 import psutil
 
-from tickhub.store import migrations
+from tickhub.store import STORED_COLUMNS, migrations
+from tickhub.wire import tick_frame
 
 from .common import PYTHON, CpuMeter, free_port, fresh_schema, get_json, progress, spawn, stop, wait_http
 
@@ -35,6 +37,7 @@ class IngestRun:
     postgres_cpu: float
     backlog_peak: int  # most ticks waiting for the writer at one reading
     rss_peak: int  # the hub's resident memory at most, bytes
+    frame_bytes: float = 0.0  # the mean size of a tick's SSE frame, from the latest tick of each symbol
 
     @property
     def rate(self) -> float:
@@ -62,15 +65,17 @@ async def run_ingest(
     ticks: int,
     symbols: str,
     label: str,
+    mock_args: tuple[str, ...] = ("--fields", "price"),
     **hub_env: str,
 ) -> IngestRun:
-    """``sources`` mock processes of ``ticks`` each at --interval 0 into one hub; timed to the last commit."""
+    """``sources`` mock processes of ``ticks`` each at --interval 0 into one hub; timed to the last commit.
+    The mocks publish the price alone unless ``mock_args`` say otherwise."""
     ports = [free_port() for _ in range(sources)]
     procs = []
     for i, port in enumerate(ports):
         argv = [PYTHON, "-m", "tickhub", "source", "mock", "--name", f"mock{i}", "--port", str(port)]
         argv += ["--symbols", symbols, "--interval", "0", "--limit", str(ticks), "--seed", str(i)]
-        procs.append(spawn([*argv, "--heartbeat", "1", "--log-level", "warning"]))
+        procs.append(spawn([*argv, *mock_args, "--heartbeat", "1", "--log-level", "warning"]))
     hub_port = free_port()
     env = {
         "TICKHUB_DATABASE_URL": database_url,
@@ -87,7 +92,7 @@ async def run_ingest(
         hub = spawn([PYTHON, "-m", "tickhub", "hub"], env, quiet=False)
         procs.append(hub)
         total = ticks * sources
-        url = f"http://127.0.0.1:{hub_port}/health"
+        url, prices = f"http://127.0.0.1:{hub_port}/health", f"http://127.0.0.1:{hub_port}/prices"
         async with aiohttp.ClientSession() as session:
             await wait_http(f"http://127.0.0.1:{hub_port}/ping", timeout=60)
             hub_cpu, mock_cpu = CpuMeter([hub.pid]), CpuMeter([p.pid for p in procs[:-1]])
@@ -115,7 +120,10 @@ async def run_ingest(
                 await asyncio.sleep(POLL)
             seconds = time.perf_counter() - started
             cpu = (hub_cpu.percent(), mock_cpu.percent(), pg_cpu.percent())
-        run = IngestRun(label, sources, total, health["writer"]["written"], seconds, *cpu, backlog_peak, rss_peak)
+            frames = [tick_frame(int(t["id"]), orjson.dumps(t)) for t in (await get_json(session, prices))["prices"]]
+        frame_bytes = sum(map(len, frames)) / len(frames)
+        written = health["writer"]["written"]
+        run = IngestRun(label, sources, total, written, seconds, *cpu, backlog_peak, rss_peak, frame_bytes)
         progress(
             f"  {label}: {run.rate:,.0f} ticks/s persisted ({total:,} from {sources} sources in {seconds:.2f} s); "
             f"CPU: hub {cpu[0]:.0f}%, sources {cpu[1]:.0f}%, PostgreSQL {cpu[2]:.0f}%; "
@@ -126,8 +134,8 @@ async def run_ingest(
         stop(reversed(procs))
 
 
-SQL_ROWS = "SELECT id, source, symbol, price, ts, seq, extra FROM {schema}.ticks ORDER BY id"
-COLUMNS = ("id", "source", "symbol", "price", "ts", "seq", "extra")
+COLUMNS = STORED_COLUMNS
+SQL_ROWS = f"SELECT {', '.join(COLUMNS)} FROM {{schema}}.ticks ORDER BY id"
 
 
 async def raw_copy(database_url: str, from_schema: str, batch: int) -> CopyBaseline:
@@ -197,4 +205,20 @@ async def wal_on_off(args, sources: int, ticks: int, rounds: int) -> list[Ingest
                     env = {**mode, "TICKHUB_DATA_DIR": data_dir}
                     symbols = "BTCUSD,TCSG,META"
                     runs.append(await run_ingest(args.database_url, schema, sources, ticks, symbols, label, **env))
+    return runs
+
+
+FIELD_MODES = (("price only", ("--fields", "price")), ("all fields", ("--fields", "all")))
+
+
+async def fields_on_off(args, sources: int, ticks: int, rounds: int) -> list[IngestRun]:
+    """The same ingest with the mocks publishing the price alone, then every optional field (size, side,
+    trade id, best bid and ask with sizes), in turns."""
+    progress(f"fields: {sources} mock sources x {ticks:,} ticks, price only and all fields, {rounds} rounds")
+    runs = []
+    for _ in range(rounds):
+        for label, mock_args in FIELD_MODES:
+            async with fresh_schema(args.database_url, "bench_fields") as schema:
+                symbols = "BTCUSD,TCSG,META"
+                runs.append(await run_ingest(args.database_url, schema, sources, ticks, symbols, label, mock_args))
     return runs

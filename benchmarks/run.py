@@ -22,9 +22,21 @@ from . import report
 from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
 from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers, workers_ramp
 from .idle import idle_subscribers
-from .ingest import composite_on_off, ingest_vs_copy, wal_on_off
+from .ingest import composite_on_off, fields_on_off, ingest_vs_copy, wal_on_off
 
-SCENARIOS = ("fanout", "latency", "rest", "slow", "idle", "ingest", "composite", "wal", "replicas", "workers")
+SCENARIOS = (
+    "fanout",
+    "latency",
+    "rest",
+    "slow",
+    "idle",
+    "ingest",
+    "composite",
+    "wal",
+    "fields",
+    "replicas",
+    "workers",
+)
 
 
 def plan(quick: bool) -> dict:
@@ -40,6 +52,7 @@ def plan(quick: bool) -> dict:
             "ingest": (2, 100_000),
             "composite": (2, 50_000, 1),
             "wal": (2, 100_000, 1),
+            "fields": (2, 100_000, 1),
             "replicas": (1500, [150e3, 300e3, 600e3]),
             "workers": (5000, [100e3, 250e3, 500e3]),
         }
@@ -58,6 +71,7 @@ def plan(quick: bool) -> dict:
         "ingest": (2, 300_000),
         "composite": (2, 100_000, 2),
         "wal": (2, 300_000, 2),
+        "fields": (2, 300_000, 2),
         "replicas": (1500, [150e3, 300e3, 600e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6]),
         "workers": (5000, [100e3, 250e3, 500e3, 750e3, 1.0e6, 1.4e6]),
     }
@@ -87,6 +101,8 @@ async def main(args: argparse.Namespace) -> None:
         results["composite"] = await composite_on_off(args, *p["composite"])
     if "wal" in only:
         results["wal"] = await wal_on_off(args, *p["wal"])
+    if "fields" in only:
+        results["fields"] = await fields_on_off(args, *p["fields"])
     if "replicas" in only:
         n, targets = p["replicas"]
         results["replicas"] = [await replicas_ramp(args, replicas, n, targets) for replicas in (1, 3)]

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tickhub.wire import format_ts, retry_frame, source_tick_json, tick_frame
+from tickhub.wire import TickFields, format_ts, retry_frame, source_tick_json, tick_frame
 
 WRITE_CHUNK = 2000  # events per chunk when a consumer catches up: one send, one write
 RETRY_MS = 1000  # the reconnect delay a consumer is told
@@ -73,10 +73,14 @@ class SourceFeed:
         return len(self._cursors)
 
     def publish(
-        self, symbol: str, price: str, ts: datetime | str | None = None, fields: Mapping[str, str | None] | None = None
+        self,
+        symbol: str,
+        price: str,
+        ts: datetime | str | None = None,
+        fields: Mapping[str, str | None] | TickFields | None = None,
     ) -> int:
         """Append one tick event; returns its seq. ``fields``: the optional ones the source has (size,
-        side, trade id, best quote; see tickhub.wire), by name, already validated."""
+        side, trade id, best quote; see tickhub.wire), by name or as TickFields, already validated."""
         seq = self.next_seq
         self.next_seq = seq + 1
         if ts is None:

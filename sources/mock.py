@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from starlette.applications import Starlette
 
 from tickhub import aio
-from tickhub.wire import SYMBOL_RE, format_ts
+from tickhub.wire import OPTIONAL_FIELDS, SYMBOL_RE, TickFields, format_ts
 
 from .app import source_app
 from .feed import SourceFeed
@@ -89,8 +89,9 @@ class TradeQuotes:
         self.rng = rng
         self.trade_ids: dict[str, int] = {}
 
-    def fields(self, symbol: str, walk: RandomWalk, before: int) -> dict[str, str | None]:
-        """The fields of the step of ``symbol``'s walk that moved it from ``before`` cents to ``walk.cents``."""
+    def values(self, symbol: str, walk: RandomWalk, before: int) -> tuple[str, ...]:
+        """The fields (qty, side, trade_id, bid, bid_qty, ask, ask_qty) of the step of ``symbol``'s walk
+        that moved it from ``before`` cents to ``walk.cents``."""
         bits = self.rng.getrandbits(56)  # one draw for everything: the mock runs as fast as it can
         price = walk.cents
         buy = price > before or (price == before and bits & 1)
@@ -100,15 +101,28 @@ class TradeQuotes:
         bid, ask = (price - spread, price) if buy else (price, price + spread)
         trade_id = self.trade_ids.get(symbol, 0) + 1
         self.trade_ids[symbol] = trade_id
-        return {
-            "qty": _size(1 + (bits >> 4 & 0xFFFF)),
-            "side": "buy" if buy else "sell",
-            "trade_id": str(trade_id),
-            "bid": _cents(bid),
-            "bid_qty": _size(bits >> 20 & 0x3FFFF),
-            "ask": _cents(ask),
-            "ask_qty": _size(bits >> 38 & 0x3FFFF),
-        }
+        return (
+            _size(1 + (bits >> 4 & 0xFFFF)),
+            "buy" if buy else "sell",
+            str(trade_id),
+            _cents(bid),
+            _size(bits >> 20 & 0x3FFFF),
+            _cents(ask),
+            _size(bits >> 38 & 0x3FFFF),
+        )
+
+    def fields(self, symbol: str, walk: RandomWalk, before: int) -> dict[str, str]:
+        """:meth:`values` by name."""
+        return dict(zip(OPTIONAL_FIELDS, self.values(symbol, walk, before), strict=True))
+
+    def tick_fields(self, symbol: str, walk: RandomWalk, before: int) -> TickFields:
+        """:meth:`values` as the wire's TickFields: the feed writes their JSON as it is."""
+        values = self.values(symbol, walk, before)
+        return TickFields((_JSON_TAIL % values).encode(), b"")  # the COPY row: the hub's, not the source's
+
+
+# The seven fields as the JSON that follows "seq", in the wire's order: one format per tick.
+_JSON_TAIL = "".join(f',"{name}":"%s"' for name in OPTIONAL_FIELDS)
 
 
 class MockMarket:
@@ -132,7 +146,7 @@ class MockMarket:
     def _publish(self, symbol: str, walk: RandomWalk, ts: str | None = None) -> None:
         before = walk.cents
         price = walk.step()
-        fields = None if self.quotes is None else self.quotes.fields(symbol, walk, before)
+        fields = None if self.quotes is None else self.quotes.tick_fields(symbol, walk, before)
         self.feed.publish(symbol, price, ts, fields)
 
     async def run(self) -> None:

@@ -207,14 +207,17 @@ def parse_source_tick(data: str | bytes, event_id: str | None = None) -> SourceT
 
 
 def source_tick_json(
-    source: str, symbol: str, price: str, ts: str, seq: int, fields: Mapping[str, object] | None = None
+    source: str, symbol: str, price: str, ts: str, seq: int, fields: Mapping[str, object] | TickFields | None = None
 ) -> bytes:
     """The data line a source publishes for one tick: the optional ``fields`` (by name, None for an
-    absent one) follow ``seq`` in the order of :data:`OPTIONAL_FIELDS`; anything else in it is left out."""
+    absent one) follow ``seq`` in the order of :data:`OPTIONAL_FIELDS`; anything else in it is left out.
+    A :class:`TickFields` (validated values) is written as its :attr:`TickFields.json`."""
     tick = {"source": source, "symbol": symbol, "price": price, "ts": ts, "seq": seq}
+    if type(fields) is TickFields:
+        return orjson.dumps(tick)[:-1] + fields.json + b"}"
     if fields:
         for name in OPTIONAL_FIELDS:
-            value = fields.get(name)
+            value = fields.get(name)  # type: ignore[union-attr]
             if value is not None:
                 tick[name] = value
     return orjson.dumps(tick)
@@ -255,15 +258,15 @@ _DECIMAL = rb"(?:0|[1-9][0-9]{0,23})(?:\.[0-9]{1,18})?"
 #: A tick frame exactly as :func:`source_tick_json` and :func:`tick_frame` write it, its values already
 #: in the shapes :func:`parse_source_tick` accepts (the source name is the hub's own, so it is skipped).
 #: The optional fields after ``seq`` are part of the form, as one group (the tick's JSON takes it as
-#: it is) and each on its own; a tick without them ends at the first alternative.
+#: it is) and each on its own; a size only after its price. A tick without them ends at the first
+#: alternative.
 _SOURCE_TICK = re.compile(
     rb'id: ?([0-9]{1,19})\nevent: ?tick\ndata: ?\{"source":"[^"\\\x00-\x1f]{0,64}",'
     rb'"symbol":"([A-Z0-9][A-Z0-9._:-]{0,39})","price":"(' + _DECIMAL + rb')",'
     rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","seq":([1-9][0-9]{0,18})'
     rb'(?:\}\n\n|((?:,"qty":"(' + _DECIMAL + rb')")?(?:,"side":"(buy|sell)")?'
-    rb'(?:,"trade_id":"([0-9A-Za-z_-]{1,64})")?(?:,"bid":"(' + _DECIMAL + rb')")?'
-    rb'(?:,"bid_qty":"(' + _DECIMAL + rb')")?(?:,"ask":"(' + _DECIMAL + rb')")?'
-    rb'(?:,"ask_qty":"(' + _DECIMAL + rb')")?)\}\n\n)'
+    rb'(?:,"trade_id":"([0-9A-Za-z_-]{1,64})")?(?:,"bid":"(' + _DECIMAL + rb')"(?:,"bid_qty":"(' + _DECIMAL + rb')")?)?'
+    rb'(?:,"ask":"(' + _DECIMAL + rb')"(?:,"ask_qty":"(' + _DECIMAL + rb')")?)?)\}\n\n)'
 )
 _SEQ_LIMIT = 1 << 63
 _NULL = b"\\N"
@@ -283,18 +286,19 @@ def _canonical_tick(match: re.Match[bytes]) -> SourceTick | None:
         return None
     if match.lastindex == 5:  # no optional field
         return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value)
-    values = match.group(7, 8, 9, 10, 11, 12, 13)
-    qty, _, _, bid, bid_qty, ask, ask_qty = values
+    tail, *values = match.group(6, 7, 8, 9, 10, 11, 12, 13)
+    qty, _, _, bid, _, ask, _ = values
     if (
         (qty is not None and not qty.strip(b"0."))
-        or (bid is None and bid_qty is not None)
-        or (ask is None and ask_qty is not None)
         or (bid is not None and not bid.strip(b"0."))
         or (ask is not None and not ask.strip(b"0."))
     ):
         return None
-    fields = TickFields(match[6], b"\t".join([_NULL if v is None else v for v in values]))
-    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value, None, fields)
+    try:
+        row = b"\t".join(values)  # every field present: the usual case of a source that has them
+    except TypeError:
+        row = b"\t".join([_NULL if v is None else v for v in values])
+    return SourceTick(symbol.decode(), price.decode(), time, ts_text, seq_value, None, TickFields(tail, row))
 
 
 class SSEParser:
