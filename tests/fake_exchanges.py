@@ -338,7 +338,7 @@ class FakeKraken(FakeExchange):
             f' "trade_id": {trade_id}, "timestamp": "{timestamp}"}}'
         )
         head = sample_text("kraken_trade_snapshot").split('"data"')[0].replace('"snapshot"', '"update"')
-        return f"{head}\"data\": [{item}]}}"
+        return f'{head}"data": [{item}]}}'
 
     @staticmethod
     def ticker_update(symbol: str, last: str, timestamp: str = "2026-11-23T19:00:00.654321Z") -> str:

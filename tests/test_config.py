@@ -61,3 +61,24 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+@pytest.mark.parametrize("mode", ["tuned", "python"])
+def test_the_collector_setting_of_a_started_hub_process(mode: str) -> None:
+    """``tuned`` freezes what start-up left alive and raises the young threshold; ``python`` changes nothing.
+    In a process of its own: freezing is for the whole interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from tickhub import gc_tuning; before = gc.get_threshold(); "
+        f"gc_tuning.apply({mode!r}); print(gc.get_freeze_count(), *before, *gc.get_threshold())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    frozen, *thresholds = map(int, out.split())
+    before, after = thresholds[:3], thresholds[3:]
+    if mode == "tuned":
+        assert frozen > 1000, "the modules and objects alive after start-up"
+        assert after == [10_000, *before[1:]]
+    else:
+        assert frozen == 0 and after == before

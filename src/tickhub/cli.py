@@ -10,7 +10,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from . import aio
+from . import aio, gc_tuning
 from .config import SETTINGS, Settings, SettingsError, env_template
 
 
@@ -52,10 +52,15 @@ def cmd_hub(args: argparse.Namespace) -> int:
         settings = settings.replace(database_url=url)
         server = build_server(settings)
         reuse = args.reuse_port
-        if reuse:  # a worker of --workers: its supervisor waits for this line, whatever the log level
-            from .workers import WORKER_READY
 
-            server.on_started = lambda: print(WORKER_READY, flush=True)
+        def started() -> None:
+            gc_tuning.apply(settings.gc)  # the process is the hub's alone: its collector is ours to tune
+            if reuse:  # a worker of --workers: its supervisor waits for this line, whatever the log level
+                from .workers import WORKER_READY
+
+                print(WORKER_READY, flush=True)
+
+        server.on_started = started
         sockets = [listen_socket(settings, reuse_port=reuse)] if settings.send_buffer or reuse else None
         aio.run(server.serve(sockets=sockets))
     return 0 if server.started else 1

@@ -105,6 +105,12 @@ def _fsync_mode(raw: str) -> str:
     return raw
 
 
+def _gc_mode(raw: str) -> str:
+    if raw not in {"tuned", "python"}:
+        raise ValueError(f"must be tuned or python, got {raw!r}")
+    return raw
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for origin in origins:
@@ -204,6 +210,13 @@ SETTINGS: tuple[Setting, ...] = (
         "off",
         "off: the write-ahead log survives a process crash (the page cache); batch: also power loss"
         " (fdatasync per batch).",
+    ),
+    Setting(
+        "gc",
+        _gc_mode,
+        "tuned",
+        "tuned: once started, the hub freezes what start-up left alive and runs the young garbage collection"
+        " every 10,000 allocations instead of 700; python: the interpreter's defaults.",
     ),
     Setting("sources", parse_sources, (), "Price sources to ingest, comma-separated name=url of their SSE streams."),
     Setting("log_level", _log_level, "info", "debug, info, warning or error."),
@@ -402,6 +415,7 @@ class Settings:
     data_dir: str = ".tickhub"
     wal: bool = True
     wal_fsync: str = "off"
+    gc: str = "tuned"
     sources: tuple[tuple[str, str], ...] = ()
     log_level: str = "info"
     heartbeat: float = 15.0
