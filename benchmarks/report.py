@@ -16,6 +16,8 @@ import asyncpg
 import psutil
 
 from .fanout import Step
+from .storage import TICKS_PER_DAY, WARMUP
+from .tick_archive import ARCHIVE_SOURCES, ARCHIVE_SYMBOLS
 
 HUB_NAMES = {"fanout": "tickhub", "ring-sse": "tickhub's ring + sse-starlette", "naive": "naive sse-starlette"}
 NOTES = "<!-- notes: everything below is kept by benchmarks/report.py -->"
@@ -320,6 +322,49 @@ def fields_section(results: dict) -> list[str]:
     return out
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def storage_section(results: dict) -> list[str]:
+    steps = results.get("storage")
+    if not steps:
+        return []
+    empty, top, run = steps[0], steps[-1], steps[0].runs[0]
+    out = [
+        "## 12. Storage: the tick table as it grows",
+        "",
+        f"One `ticks` table as the hub keeps it today (its primary key, the `(source, seq)` key and the "
+        f"`(symbol, ts)` index). At each size: {run.sources} mock sources × {run.source_ticks // run.sources:,} "
+        f"ticks with every optional field (`--fields all`) into the hub, timed to the last commit (the best of "
+        f"{len(empty.runs)}); then, from a hub with no sources, `GET /prices/SYMBOL/history?limit=1000` and "
+        "`GET /prices/SYMBOL/candles?interval=1m&since=…&until=…` over one day, "
+        f"{empty.history.requests} requests each, one at a time, after {WARMUP} untimed. Bytes per tick: "
+        "`pg_total_relation_size('ticks')` (heap, TOAST and indexes) over the rows. The rows are the table's "
+        "when the ingest starts; the queries and the sizes come after it. Between sizes the table grows by COPY "
+        f"of archived ticks ({len(ARCHIVE_SYMBOLS)} symbols from {len(ARCHIVE_SOURCES)} sources, every optional "
+        f"field, {TICKS_PER_DAY:,} a day through past days), then ANALYZE and CHECKPOINT. On the empty table the "
+        f"queries read the {empty.symbol} ticks the ingest has just written ({empty.candles.ticks:,} in "
+        f"{empty.candles.items} one-minute candle{'' if empty.candles.items == 1 else 's'}); from the first "
+        f"size on, the newest archived ticks of {top.symbol} (the day: {top.candles.ticks:,} ticks in "
+        f"{top.candles.items:,} candles).",
+        "",
+        "| rows | ingest ticks/s | vs empty | history p50 / p99 ms | 1-day 1m candles p50 / p99 ms "
+        "| bytes per tick | table + indexes |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in steps:
+        out.append(
+            f"| {s.rows:,} | {s.rate:,.0f} | {s.rate / empty.rate:.0%} | {s.history.p50:.1f} / {s.history.p99:.1f} "
+            f"| {s.candles.p50:.1f} / {s.candles.p99:.1f} | {s.bytes_per_tick:.0f} "
+            f"| {_bytes(s.total_bytes)} ({_bytes(s.index_bytes)} indexes) |"
+        )
+    grown = [s.grow_rate for s in steps[1:]]
+    if grown:
+        out += ["", f"The archive went in at {', '.join(f'{r:,.0f}' for r in grown)} rows/s (COPY, indexes kept)."]
+    return out
+
+
 def workers_section(results: dict) -> list[str]:
     if "workers" not in results:
         return []
@@ -426,6 +471,26 @@ def targets_table(results: dict) -> str:
             f"{change:+.0%}; RSS peak {r.rss_peak / 2**20:.0f} MiB (from {r.rss_start / 2**20:.0f})",
             change <= 0.10,
         )
+    steps = results.get("storage") or []
+    if len(steps) > 1:
+        empty, top = steps[0], steps[-1]
+        at = f"at {top.rows:,} rows"
+        ratio = top.rate / empty.rate
+        row(
+            "ingest at 100M rows ≥ 80% of empty",
+            f"{ratio:.0%} {at} ({top.rate:,.0f} against {empty.rate:,.0f} ticks/s)",
+            ratio >= 0.8,
+        )
+        row(
+            "history?limit=1000 p99 < 50 ms at 100M rows",
+            f"p99 {top.history.p99:.1f} ms {at} (p50 {top.history.p50:.1f})",
+            top.history.p99 < 50,
+        )
+        row(
+            "a day of 1-minute candles < 50 ms at 100M rows",
+            f"p99 {top.candles.p99:.1f} ms {at} (p50 {top.candles.p50:.1f}; {top.candles.ticks:,} ticks)",
+            top.candles.p99 < 50,
+        )
     return "\n".join(rows)
 
 
@@ -460,6 +525,7 @@ def render(results: dict, machine_text: str, command: str, previous: str) -> str
         replicas_section,
         workers_section,
         fields_section,
+        storage_section,
     ):
         lines = section(results)
         if lines:

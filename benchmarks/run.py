@@ -23,6 +23,7 @@ from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
 from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers, workers_ramp
 from .idle import idle_subscribers
 from .ingest import composite_on_off, fields_on_off, ingest_vs_copy, wal_on_off
+from .storage import storage_growth
 
 SCENARIOS = (
     "fanout",
@@ -36,6 +37,7 @@ SCENARIOS = (
     "fields",
     "replicas",
     "workers",
+    "storage",
 )
 
 
@@ -55,6 +57,7 @@ def plan(quick: bool) -> dict:
             "fields": (2, 100_000, 1),
             "replicas": (1500, [150e3, 300e3, 600e3]),
             "workers": (5000, [100e3, 250e3, 500e3]),
+            "storage": (2, 100_000, [1_000_000, 3_000_000], 1, 100),
         }
     steps = [50e3, 100e3, 150e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6, 5.6e6]
     return {
@@ -74,6 +77,9 @@ def plan(quick: bool) -> dict:
         "fields": (2, 300_000, 2),
         "replicas": (1500, [150e3, 300e3, 600e3, 1.0e6, 1.4e6, 2.0e6, 2.8e6, 4.0e6]),
         "workers": (5000, [100e3, 250e3, 500e3, 750e3, 1.0e6, 1.4e6]),
+        # sources, ticks each, table sizes, ingest runs at each size, requests of each query.
+        # 10^8 rows take about 25 GB of disk while they last (the scenario drops them at its end).
+        "storage": (2, 300_000, [10_000_000, 100_000_000], 2, 200),
     }
 
 
@@ -109,6 +115,8 @@ async def main(args: argparse.Namespace) -> None:
     if "workers" in only:
         n, targets = p["workers"]
         results["workers"] = [await workers_ramp(args, workers, n, targets) for workers in (1, 2)]
+    if "storage" in only:
+        results["storage"] = await storage_growth(args, *p["storage"])
     results["seconds"] = time.perf_counter() - started
     out = Path(args.output or (".tickhub/BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
