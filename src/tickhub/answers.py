@@ -362,6 +362,13 @@ class Health(Struct):
         Meta(description="The shared log: memory:// or the Redis stream, its state, ticks taken over, gaps."),
     ]
     writer: dict[str, Any]
+    storage: Annotated[
+        dict[str, Any],
+        Meta(
+            description="The tick table: partitions, size in bytes, the oldest tick kept, the retention, what it"
+            " dropped last (the highest id and the time before which days went) and the last change's duration."
+        ),
+    ]
     composite: Annotated[
         dict[str, dict[str, Any]],
         Meta(description="Per instrument: ok or no_composite with the reason; venues fresh, excluded, stale."),

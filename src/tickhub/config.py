@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,19 @@ def _fsync_mode(raw: str) -> str:
     if raw not in {"off", "batch"}:
         raise ValueError(f"must be off or batch, got {raw!r}")
     return raw
+
+
+_SPAN_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _span(raw: str) -> timedelta | None:
+    """``30d``, ``12h``, ``2w``, ``90m``; empty: None (keep everything)."""
+    if not raw:
+        return None
+    number, unit = raw[:-1], raw[-1:]
+    if unit not in _SPAN_UNITS or not (number.isascii() and number.isdigit()) or len(number) > 6 or int(number) == 0:
+        raise ValueError(f"expected a number and a unit m, h, d or w (e.g. 30d), got {raw!r}")
+    return timedelta(seconds=int(number) * _SPAN_UNITS[unit])
 
 
 def _gc_mode(raw: str) -> str:
@@ -210,6 +224,13 @@ SETTINGS: tuple[Setting, ...] = (
         "off",
         "off: the write-ahead log survives a process crash (the page cache); batch: also power loss"
         " (fdatasync per batch).",
+    ),
+    Setting(
+        "retention",
+        _span,
+        None,
+        "How long ticks are kept, e.g. 30d or 12h: whole days of ticks older than this are dropped (their"
+        " partitions); empty keeps everything. A resume from before the newest tick dropped gets resync too_old.",
     ),
     Setting(
         "gc",
@@ -416,6 +437,7 @@ class Settings:
     wal: bool = True
     wal_fsync: str = "off"
     gc: str = "tuned"
+    retention: timedelta | None = None
     sources: tuple[tuple[str, str], ...] = ()
     log_level: str = "info"
     heartbeat: float = 15.0

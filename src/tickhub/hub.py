@@ -38,6 +38,7 @@ from .lease import IngestLease
 from .market import Market
 from .metrics import HubMetrics
 from .outbox import Outbox
+from .partitions import PartitionKeeper
 from .ring import TickRing
 from .sequencer import Sequencer, run_of
 from .store import Store
@@ -75,6 +76,7 @@ class Hub:
         self.composite: CompositeBook
         self._composite_routes: dict[str, tuple[Route, ...]] = {}
         self.outbox: Outbox
+        self.partitions: PartitionKeeper
         self._delivered = asyncio.Event()  # set on each delivery, for a resume that waits to catch up
         #: Ticks replayed to resuming subscribers, by where they came from: ring, log, postgres.
         self.replayed: Counter[str] = Counter()
@@ -147,6 +149,9 @@ class Hub:
         self.outbox = Outbox(
             self.broker, lambda: lease.token, s.writer_high_water, lease.lost, s.reconnect_min, s.reconnect_max
         )
+        self.partitions = PartitionKeeper(self.store.pool, s.retention)
+        await self.partitions.round()  # today's partitions before the first write; then every minute
+        self.partitions.start()
         self.writer.start()
         self.fanout.start()
         await self.broker.subscribe(self._deliver, after, self._gap)
@@ -288,6 +293,7 @@ class Hub:
         assert self._drain_task is not None
         with contextlib.suppress(Exception):
             await self._drain_task
+        await self.partitions.stop()
         await self.writer.close(timeout=self.settings.shutdown_timeout)
         await self.broker.close()
         await self.store.close()
@@ -326,6 +332,7 @@ class Hub:
                 "last_batch_ms": round(writer.last_batch_seconds * 1000, 3),
                 "persisted_id": str(writer.persisted_id) if writer.persisted_id else None,
             },
+            "storage": self.partitions.state.as_dict(self.settings.retention),
             "composite": self.composite.health(),
             "tasks": {"worker": self.tasks.state, "running": self.tasks.running, "completed": self.tasks.completed},
             "test_lock": {"mode": self.gate.mode, "waiting": self.gate.waiting, "turns": self.gate.turns},

@@ -118,6 +118,22 @@ class HubMetrics(Collector):
             "Ticks PostgreSQL refused, set aside in rejected_ticks so the rest of their batch was written.",
             value=writer.rejected,
         )
+        storage = hub.partitions.state
+        yield GaugeMetricFamily(
+            "tickhub_ticks_partitions", "Partitions of the tick table (days, past, future).", value=storage.partitions
+        )
+        yield GaugeMetricFamily(
+            "tickhub_ticks_table_bytes", "The tick table's size with its indexes.", value=storage.table_bytes
+        )
+        if storage.oldest_ts is not None:
+            yield GaugeMetricFamily(
+                "tickhub_ticks_oldest_timestamp_seconds",
+                "Time (ts) of the oldest tick kept (the lowest id).",
+                value=storage.oldest_ts.timestamp(),
+            )
+        yield CounterMetricFamily(
+            "tickhub_ticks_dropped_days", "Days of ticks retention dropped.", value=storage.dropped_days
+        )
         yield GaugeMetricFamily(
             "tickhub_ingest_paused",
             "1 while ingest waits for the writer to catch up with a slow PostgreSQL.",

@@ -102,6 +102,7 @@ INSERT INTO rejected_ticks (id, source, seq, tick, error)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[])
 ON CONFLICT (id) DO NOTHING
 """
+SQL_DROPPED_THROUGH = "SELECT dropped_through_id FROM tick_retention"
 SQL_HAS_GAP = "SELECT EXISTS (SELECT 1 FROM tick_gaps WHERE first_id < $2 AND last_id > $1)"
 SQL_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtext('tickhub.migrate.' || $1))"
 SQL_MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tickhub.migrate.' || $1))"
@@ -356,6 +357,11 @@ class Store:
                 )
                 ids = [t.id for t in ticks]
                 await conn.execute(SQL_RECORD_GAPS, ids, ids, ["rejected"] * len(ticks))
+
+    async def dropped_through(self) -> int:
+        """The highest id retention dropped (0 if none): a replay from below it would miss ticks."""
+        with unavailable_as_error():
+            return await self.pool.fetchval(SQL_DROPPED_THROUGH) or 0
 
     async def has_gap(self, after_id: int, before_id: int) -> bool:
         """True if a recorded gap overlaps the open interval (after_id, before_id)."""

@@ -169,6 +169,8 @@ class TickStreamResponse:
                         end = upper if first is None else min(upper, first)
                         if not counted:
                             counted = True
+                            if cursor < await hub.store.dropped_through():
+                                raise Resync("too_old")  # retention dropped ticks after it
                             n = await hub.store.count_after(cursor, end, _sorted(symbols), budget + 1)
                             if n > budget:
                                 raise Resync("too_old")
