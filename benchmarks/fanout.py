@@ -149,6 +149,41 @@ async def fixed_load(args, n: int, rate: float, kind: str = "tickhub") -> Step:
 
 
 @dataclass
+class ScaleResult:
+    """One hub process at a fixed load with many subscribers, and whether each got every tick."""
+
+    step: Step
+    resyncs: int  # a subscriber that fell behind the ring is resynced: it missed ticks
+    closed: int  # subscribers the hub disconnected (too slow)
+    failed: int  # connections that never opened
+
+    @property
+    def complete(self) -> bool:
+        return self.step.kept_up and not (self.resyncs or self.closed or self.failed)
+
+
+async def scale_load(args, n: int, rate: float) -> ScaleResult:
+    """``n`` subscribers of one hub process at ``rate`` ticks/s: throughput, latency, completeness."""
+    progress(f"scale: one hub process, {n} subscribers at {rate:.0f} ticks/s ({n * rate:,.0f} deliveries/s offered)")
+    async with fresh_schema(args.database_url, "bench_scale") as schema, rig("tickhub", args.database_url, schema) as r:
+        fleet, _ = await open_fleet(r, n)
+        try:
+            step = await measure(r, fleet, "tickhub", n, rate, args.warmup, args.window * 2)
+            reading = await fleet.next_report()
+            result = ScaleResult(
+                step, int(reading.get("resyncs")), int(reading.get("closed")), int(reading.get("failed"))
+            )
+            progress(
+                f"  resyncs {result.resyncs}, disconnected {result.closed}, failed {result.failed}: "
+                f"{'every subscriber got every tick' if result.complete else 'NOT every tick to everyone'}"
+            )
+            return result
+        finally:
+            await r.set_rate(0)
+            await fleet.stop()
+
+
+@dataclass
 class SlowResult:
     stalled: int
     write_timeout: float

@@ -334,13 +334,15 @@ def storage_section(results: dict) -> list[str]:
     out = [
         "## 12. Storage: the tick table as it grows",
         "",
-        f"One `ticks` table as the hub keeps it today (its primary key, the `(source, seq)` key and the "
-        f"`(symbol, ts)` index). At each size: {run.sources} mock sources × {run.source_ticks // run.sources:,} "
+        f"The `ticks` table as the hub keeps it: one partition a day (the archive's days laid out first, as a "
+        f"hub keeping them has them), each with the `(id, ts)` key, the `(source, seq, ts)` key and the "
+        f"`(symbol, ts)` index, and the one-minute and one-hour rollups written with each batch. "
+        f"At each size: {run.sources} mock sources × {run.source_ticks // run.sources:,} "
         f"ticks with every optional field (`--fields all`) into the hub, timed to the last commit (the best of "
         f"{len(empty.runs)}); then, from a hub with no sources, `GET /prices/SYMBOL/history?limit=1000` and "
         "`GET /prices/SYMBOL/candles?interval=1m&since=…&until=…` over one day, "
         f"{empty.history.requests} requests each, one at a time, after {WARMUP} untimed. Bytes per tick: "
-        "`pg_total_relation_size('ticks')` (heap, TOAST and indexes) over the rows. The rows are the table's "
+        "`pg_total_relation_size` of every partition (heap, TOAST and indexes) over the rows. The rows are the table's "
         "when the ingest starts; the queries and the sizes come after it. Between sizes the table grows by COPY "
         f"of archived ticks ({len(ARCHIVE_SYMBOLS)} symbols from {len(ARCHIVE_SOURCES)} sources, every optional "
         f"field, {TICKS_PER_DAY:,} a day through past days), then ANALYZE and CHECKPOINT. On the empty table the "
@@ -362,6 +364,41 @@ def storage_section(results: dict) -> list[str]:
     grown = [s.grow_rate for s in steps[1:]]
     if grown:
         out += ["", f"The archive went in at {', '.join(f'{r:,.0f}' for r in grown)} rows/s (COPY, indexes kept)."]
+    drop = top.drop
+    if drop is not None:
+        out += [
+            "",
+            f"Retention at {top.rows:,} rows: one more ingest run, and a second into it the oldest day "
+            f"({drop.rows:,} ticks) dropped (`tickhub.partitions.maintain`, its wait for the table's lock "
+            f"included): **{drop.seconds * 1000:.0f} ms**; that run ingested {drop.run.rate:,.0f} ticks/s "
+            f"({drop.run.rate / top.rate:.0%} of the same size's best run without a drop).",
+        ]
+    return out
+
+
+def scale_section(results: dict) -> list[str]:
+    runs = results.get("scale")
+    if not runs:
+        return []
+    out = [
+        "## 13. Thousands of subscribers on one process",
+        "",
+        "One hub process (no workers), the subscribers in up to four load processes on the same two cores, "
+        "a fixed publish rate held for the warm-up and twice the window. Every subscriber got every tick "
+        "when the deliveries match the ticks sequenced times the subscribers (within the readings' 10%) and "
+        "none was resynced, disconnected or failed to connect.",
+        "",
+        "| subscribers | ticks/s | deliveries/s | p50 ms | p99 ms | max ms | hub CPU | clients CPU "
+        "| resyncs | disconnected | every tick to everyone |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        s = r.step
+        out.append(
+            f"| {s.subscribers:,} | {s.published:,.0f} | {s.delivered:,.0f} | {s.p50:.1f} | {s.p99:.1f} "
+            f"| {s.max:.1f} | {s.hub_cpu:.0f}% | {s.client_cpu:.0f}% | {r.resyncs} | {r.closed} "
+            f"| {'yes' if r.complete else '**no**'} |"
+        )
     return out
 
 
@@ -471,6 +508,15 @@ def targets_table(results: dict) -> str:
             f"{change:+.0%}; RSS peak {r.rss_peak / 2**20:.0f} MiB (from {r.rss_start / 2**20:.0f})",
             change <= 0.10,
         )
+    for r in results.get("scale") or []:
+        s = r.step
+        limit = 100 if s.subscribers <= 5000 else 250
+        row(
+            f"{s.subscribers:,} subscribers: ≥ 500k deliveries/s with p99 ≤ {limit} ms, every tick to everyone",
+            f"{s.delivered / 1e3:,.0f}k deliveries/s, p99 {s.p99:.0f} ms, "
+            f"{'every tick to everyone' if r.complete else 'ticks missed'}",
+            s.delivered >= 500e3 and s.p99 <= limit and r.complete,
+        )
     steps = results.get("storage") or []
     if len(steps) > 1:
         empty, top = steps[0], steps[-1]
@@ -491,6 +537,13 @@ def targets_table(results: dict) -> str:
             f"p99 {top.candles.p99:.1f} ms {at} (p50 {top.candles.p50:.1f}; {top.candles.ticks:,} ticks)",
             top.candles.p99 < 50,
         )
+        if top.drop is not None:
+            row(
+                "dropping a day < 1 s, ingest going on",
+                f"{top.drop.seconds * 1000:.0f} ms for {top.drop.rows:,} ticks; ingest meanwhile "
+                f"{top.drop.run.rate / top.rate:.0%} of its best",
+                top.drop.seconds < 1.0,
+            )
     return "\n".join(rows)
 
 
@@ -524,6 +577,7 @@ def render(results: dict, machine_text: str, command: str, previous: str) -> str
         wal_section,
         replicas_section,
         workers_section,
+        scale_section,
         fields_section,
         storage_section,
     ):

@@ -20,13 +20,14 @@ from tickhub import aio
 
 from . import report
 from .common import DEFAULT_DATABASE_URL, progress, raise_fd_limit
-from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, slow_consumers, workers_ramp
+from .fanout import fixed_load, ramp, replicas_ramp, rest_under_load, scale_load, slow_consumers, workers_ramp
 from .idle import idle_subscribers
 from .ingest import composite_on_off, fields_on_off, ingest_vs_copy, wal_on_off
 from .storage import storage_growth
 
 SCENARIOS = (
     "fanout",
+    "scale",
     "latency",
     "rest",
     "slow",
@@ -47,6 +48,7 @@ def plan(quick: bool) -> dict:
             "fanout": [(1000, [100e3, 200e3, 400e3])],
             "ring-sse": [(1000, [25e3, 50e3, 100e3])],
             "naive": [(1000, [10e3, 20e3, 40e3])],
+            "scale": [(2000, 50.0)],
             "latency": (100, 1000.0),
             "rest": (1000, 100.0),
             "slow": (1000, 200.0, 3, 1, 3.0),
@@ -67,6 +69,8 @@ def plan(quick: bool) -> dict:
             (100, [10e3, 15e3, 20e3, 25e3, 30e3, 40e3, 50e3, 60e3, 80e3]),
             (1000, [10e3, 15e3, 20e3, 25e3, 30e3, 40e3, 50e3]),
         ],
+        # subscribers, ticks/s: a little over 500k deliveries/s offered to 5,000 and to 10,000 subscribers
+        "scale": [(5000, 105.0), (10_000, 52.0)],
         "latency": (100, 1000.0),
         "rest": (1000, 100.0),
         "slow": (1000, 50.0, 5, 2, 10.0),
@@ -93,6 +97,8 @@ async def main(args: argparse.Namespace) -> None:
         results["fanout"] = [await ramp(args, "tickhub", n, t) for n, t in p["fanout"]]
         results["ring-sse"] = [await ramp(args, "ring-sse", n, t) for n, t in p["ring-sse"]]
         results["naive"] = [await ramp(args, "naive", n, t) for n, t in p["naive"]]
+    if "scale" in only:
+        results["scale"] = [await scale_load(args, n, rate) for n, rate in p["scale"]]
     if "latency" in only:
         results["latency"] = await fixed_load(args, *p["latency"])
     if "rest" in only:

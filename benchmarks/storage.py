@@ -10,19 +10,21 @@ schema and the hubs' data directory are removed at the end, whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
 import orjson
 
+from tickhub import partitions
 from tickhub.store import RUN_SPAN, SQL_NEW_RUN
 from tickhub.wire import format_ts
 
@@ -39,7 +41,11 @@ WARMUP = 5  # requests before the timed ones: the figures are those of a hub tha
 COPY_BATCH = 1_000_000  # archived rows a transaction
 DISK_MARGIN = 1.3  # the growth is skipped unless the disk has this times the rows' estimated size free
 
-SQL_SIZES = "SELECT pg_total_relation_size('ticks'), pg_indexes_size('ticks')"
+# The table's partitions (days, past, future) summed: the parent itself holds nothing.
+SQL_SIZES = """
+SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint, coalesce(sum(pg_indexes_size(t.relid)), 0)::bigint
+FROM pg_partition_tree('ticks') AS t WHERE t.isleaf
+"""
 # What the hub's writer keeps for every (symbol, source): the archive's newest, so a hub knows its symbols.
 SQL_LATEST_OF = """
 INSERT INTO latest_ticks (symbol, source, id, price, ts, seq, qty, side, trade_id, bid, bid_qty, ask, ask_qty, extra)
@@ -88,6 +94,7 @@ class StorageStep:
     total_bytes: int  # heap, TOAST and indexes
     index_bytes: int
     grow_rate: float = 0.0  # archived rows a second COPY put in to reach ``rows``
+    drop: DayDrop | None = None  # the oldest day dropped by retention while the mocks ingest (largest size)
 
     @property
     def rate(self) -> float:
@@ -97,6 +104,15 @@ class StorageStep:
     @property
     def bytes_per_tick(self) -> float:
         return self.total_bytes / self.table_rows
+
+
+@dataclass
+class DayDrop:
+    """Retention dropping the oldest day of the table while an ingest runs."""
+
+    rows: int  # the day's ticks
+    seconds: float  # the maintenance transaction, its wait for the table's lock included
+    run: IngestRun  # the ingest it ran during
 
 
 def hub_env(database_url: str, schema: str, data_dir: str) -> dict[str, str]:
@@ -210,6 +226,42 @@ async def measure(
     return step
 
 
+def at_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+async def drop_a_day(
+    args, schema: str, data_dir: str, conn: asyncpg.Connection, archive: TickArchive, plan: tuple[int, int, int, int]
+) -> DayDrop:
+    """An ingest run like the others; a second into it, retention drops the archive's oldest day."""
+    sources, ticks, _, _ = plan
+    day = (await partitions.days(conn))[0]
+    rows = await conn.fetchval(f"SELECT count(*) FROM {partitions.day_name(day)}")
+    fields = ("--fields", "all")
+    ingest = asyncio.ensure_future(
+        run_ingest(
+            args.database_url,
+            schema,
+            sources,
+            ticks,
+            MOCK_SYMBOLS,
+            "ingest while a day is dropped",
+            fields,
+            TICKHUB_DATA_DIR=data_dir,
+        )
+    )
+    await asyncio.sleep(1.0)  # the hub is up and its writer busy (a benchmark may wait; a test may not)
+    now = datetime.now(UTC)
+    change = await partitions.maintain(conn, now, now - at_midnight(day + timedelta(days=1)))
+    run = await ingest
+    if change is None or partitions.day_name(day) not in change.dropped:
+        raise RuntimeError(f"retention did not drop {day}: {change}")
+    progress(
+        f"  dropped {day} ({rows:,} ticks) in {change.seconds * 1000:.0f} ms during an ingest of {run.rate:,.0f}/s"
+    )
+    return DayDrop(rows, change.seconds, run)
+
+
 async def storage_growth(
     args, sources: int, ticks: int, sizes: list[int], rounds: int, requests: int
 ) -> list[StorageStep]:
@@ -226,6 +278,9 @@ async def storage_growth(
             steps = [await measure(args, schema, data_dir, 0, plan, EMPTY_SYMBOL, None)]
             conn = await asyncpg.connect(args.database_url, server_settings={"search_path": schema})
             try:
+                # The archive's days get partitions of their own, as a hub keeping that many days has them.
+                keep = datetime.now(UTC) - archive.time_of(0)
+                await partitions.maintain(conn, datetime.now(UTC), keep)
                 for size in sizes:
                     rows = steps[-1].table_rows
                     need = (size - rows) * steps[-1].bytes_per_tick * DISK_MARGIN
@@ -238,6 +293,8 @@ async def storage_growth(
                     step = await measure(args, schema, data_dir, size, plan, ARCHIVE_SYMBOL, until)
                     step.grow_rate = rate
                     steps.append(step)
+                if len(steps) > 1:
+                    steps[-1].drop = await drop_a_day(args, schema, data_dir, conn, archive, plan)
             finally:
                 await conn.close()
     progress("  the table dropped")
