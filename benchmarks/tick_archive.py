@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from tickhub.rollup import roll_up
 from tickhub.store import STORED_COLUMNS
 
 ARCHIVE_SOURCES = ("archive0", "archive1", "archive2", "archive3")
@@ -137,8 +138,15 @@ async def _made_ahead(archive: TickArchive, first_id: int, count: int, chunk: in
 async def copy_archive(
     conn: asyncpg.Connection, schema: str, archive: TickArchive, first_id: int, count: int, chunk: int = 50_000
 ) -> int:
-    """COPY the archive's next ``count`` rows into ``schema``'s ticks in one transaction; the rows copied."""
-    status = await conn.copy_to_table(
-        "ticks", source=_made_ahead(archive, first_id, count, chunk), columns=STORED_COLUMNS, schema_name=schema
-    )
-    return int(status.split()[-1])
+    """COPY the archive's next ``count`` rows into ``schema``'s ticks in one transaction, with their candle
+    rollups as the hub's writer keeps them (``conn``'s search path must be ``schema``); the rows copied."""
+    start = archive.made
+    async with conn.transaction():
+        status = await conn.copy_to_table(
+            "ticks", source=_made_ahead(archive, first_id, count, chunk), columns=STORED_COLUMNS, schema_name=schema
+        )
+        copied = int(status.split()[-1])
+        if copied:
+            last = start + copied - 1
+            await roll_up(conn, [(first_id, first_id + copied - 1)], archive.time_of(start), archive.time_of(last))
+    return copied

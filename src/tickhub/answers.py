@@ -21,7 +21,7 @@ PositiveText = Annotated[
     str, Meta(pattern=f"^(?!0*(\\.0*)?$){_DECIMAL}$", description="An exact decimal number above zero.")
 ]
 SizeText = Annotated[str, Meta(pattern=f"^{_DECIMAL}$", description="An exact decimal number, 0 or more.")]
-CandleInterval = Literal["1s", "1m", "5m", "1h"]
+CandleInterval = Literal["1s", "1m", "5m", "1h", "1d"]
 
 
 class ErrorDetail(Struct):

@@ -133,7 +133,7 @@ class HubApi:
         until: When | None = None,
         limit: int | None = None,
     ) -> Reply[list[Candle]]:
-        """OHLC and tick count per ``interval`` bucket (``1s``, ``1m``, ``5m``, ``1h``)."""
+        """OHLC and tick count per ``interval`` bucket (``1s``, ``1m``, ``5m``, ``1h``, ``1d``)."""
         params = _query(interval=interval, since=_when(since), until=_when(until), limit=limit)
         path = f"/prices/{_segment(symbol)}/candles"
         return self._send(Call("GET", path, lambda body, _: [Candle.from_json(c) for c in body["candles"]], params))

@@ -109,6 +109,7 @@ CANDLE_INTERVALS = {
     "1m": timedelta(minutes=1),
     "5m": timedelta(minutes=5),
     "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
 }
 DEFAULT_CANDLES = 300
 

@@ -315,6 +315,11 @@ class Store:
         # what keeps two transactions from each waiting for a row the other holds (a deadlock).
         newest = [latest[key] for key in sorted(latest)]
         columns = list(zip(*map(_latest_row, newest), strict=True))
+        from . import rollup  # the rollups read the raw candle query from this module
+
+        # The rollups take the rows this COPY inserts: its ids, and its times so a table by time prunes.
+        ranges = rollup.id_ranges(t.id for t in ticks)
+        times = [t.time for t in ticks]
         with unavailable_as_error():
             async with self.pool.acquire() as conn:
                 try:
@@ -324,12 +329,13 @@ class Store:
                         await conn.copy_to_table(
                             "ticks", source=_one_chunk(rows), columns=STORED_COLUMNS, schema_name=self.schema
                         )
+                        await rollup.roll_up(conn, ranges, min(times), max(times))
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
                 except asyncpg.UniqueViolationError:
                     async with conn.transaction():
                         await conn.execute(SQL_STAGE)
                         await conn.copy_to_table("ticks_staging", source=_one_chunk(rows), columns=STORED_COLUMNS)
-                        await conn.execute(SQL_MERGE_STAGED)
+                        await rollup.merge_staged(conn)  # rolls up the rows it inserts, no others
                         await conn.execute(SQL_UPSERT_LATEST, *columns)
 
     async def record_gaps(self, gaps: Sequence[tuple[int, int, str]]) -> None:
@@ -408,7 +414,9 @@ class Store:
     ) -> list[tuple[datetime, str, str, str, str, int, str | None, int, str | None]]:
         """OHLC, tick count, volume, trade count and VWAP per ``interval`` bucket in [since, until),
         oldest first, at most the newest ``limit`` buckets; open and close follow source time, then hub
-        order. Volume and VWAP are None for a bucket without a tick that carries a size."""
+        order. Volume and VWAP are None for a bucket without a tick that carries a size. Whole minutes and
+        hours come from the rollups (:mod:`tickhub.rollup`): the same answer as SQL_CANDLES over the ticks."""
+        from . import rollup
+
         with unavailable_as_error():
-            rows = await self.pool.fetch(SQL_CANDLES, symbol, interval, since, until, limit)
-        return [tuple(r) for r in rows]
+            return await rollup.candles(self.pool, symbol, interval, since, until, limit)
