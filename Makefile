@@ -40,7 +40,7 @@ bench-quick: install
 
 # The fault, restart, fuzz and replica tests, three times over in shuffled orders, with longer variants
 # (more outages, random schemathesis seeds and 300 examples a route). Bounded: about 15 minutes.
-SOAK_TESTS := tests/test_faults.py tests/test_fuzz.py tests/test_hostile_requests.py tests/test_wire_properties.py tests/test_writer_stateful.py tests/test_fanout_stateful.py tests/test_poison.py tests/test_gaps.py tests/test_source_fuzz.py tests/test_crash.py tests/test_bridge_restart.py tests/test_wal.py tests/test_restart.py tests/test_ingest.py tests/test_bots.py tests/test_cluster.py tests/test_broker.py
+SOAK_TESTS := tests/test_faults.py tests/test_fuzz.py tests/test_hostile_requests.py tests/test_wire_properties.py tests/test_writer_stateful.py tests/test_fanout_stateful.py tests/test_poison.py tests/test_gaps.py tests/test_source_fuzz.py tests/test_crash.py tests/test_bridge_restart.py tests/test_wal.py tests/test_restart.py tests/test_ingest.py tests/test_bots.py tests/test_cluster.py tests/test_broker.py tests/test_partitions.py
 soak: install
 	@for round in 1 2 3; do \
 	  echo "== soak round $$round"; \

@@ -282,3 +282,25 @@ async def _walk(database_url: str, schema: str, ops: list) -> None:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+async def test_rollups_are_kept_for_their_own_retention_in_whole_days(database_url: str, schema: str) -> None:
+    """Ticks go after TICKHUB_RETENTION; their candles stay until TICKHUB_ROLLUP_RETENTION, minute and hour
+    rows alike, a day at a time."""
+    now = datetime.now(UTC)
+    ticks = [tick(n, now - timedelta(days=d), seq=n) for n, d in enumerate((10, 5, 0), 1)]
+    store = await Store.open(database_url, schema)
+    try:
+        async with store.pool.acquire() as conn:
+            await maintain(conn, now, timedelta(days=20))
+        await store.write_ticks(ticks)
+        keeper = partitions.PartitionKeeper(store.pool, timedelta(days=3), rollup_retention=timedelta(days=7))
+        await keeper.round(now)
+        async with store.pool.acquire() as conn:
+            assert sorted(await where(conn)) == [ticks[2].id], "ticks: 3 days"
+            for table in ("candles_1m", "candles_1h"):
+                buckets = sorted(r[0] for r in await conn.fetch(f"SELECT bucket FROM {table}"))
+                assert [b.date() for b in buckets] == [t.time.date() for t in ticks[1:]], table
+        assert keeper.state.rollup_rows_dropped == 2 and keeper.state.dropped_days >= 8
+    finally:
+        await store.close()

@@ -233,6 +233,13 @@ SETTINGS: tuple[Setting, ...] = (
         " partitions); empty keeps everything. A resume from before the newest tick dropped gets resync too_old.",
     ),
     Setting(
+        "rollup_retention",
+        _span,
+        None,
+        "How long the one-minute and one-hour candle rollups are kept (e.g. 400d), whole days; empty keeps them."
+        " They outlive the ticks they came from: set it longer than TICKHUB_RETENTION.",
+    ),
+    Setting(
         "gc",
         _gc_mode,
         "tuned",
@@ -438,6 +445,7 @@ class Settings:
     wal_fsync: str = "off"
     gc: str = "tuned"
     retention: timedelta | None = None
+    rollup_retention: timedelta | None = None
     sources: tuple[tuple[str, str], ...] = ()
     log_level: str = "info"
     heartbeat: float = 15.0

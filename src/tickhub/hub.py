@@ -149,7 +149,7 @@ class Hub:
         self.outbox = Outbox(
             self.broker, lambda: lease.token, s.writer_high_water, lease.lost, s.reconnect_min, s.reconnect_max
         )
-        self.partitions = PartitionKeeper(self.store.pool, s.retention)
+        self.partitions = PartitionKeeper(self.store.pool, s.retention, rollup_retention=s.rollup_retention)
         await self.partitions.round()  # today's partitions before the first write; then every minute
         self.partitions.start()
         self.writer.start()

@@ -30,6 +30,8 @@ from typing import Any
 
 import asyncpg
 
+from . import rollup
+
 log = logging.getLogger("tickhub.partitions")
 
 DAY = timedelta(days=1)
@@ -233,6 +235,7 @@ class StorageState:
     last_error: str | None = None
     rounds: int = 0
     dropped_days: int = 0
+    rollup_rows_dropped: int = 0
 
     def as_dict(self, retention: timedelta | None) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
@@ -247,6 +250,7 @@ class StorageState:
             "dropped_through_id": None if self.dropped_through_id is None else str(self.dropped_through_id),
             "dropped_before": ts(self.dropped_before),
             "dropped_days": self.dropped_days,
+            "rollup_rows_dropped": self.rollup_rows_dropped,
             "last_change_ms": self.last_change_ms,
             "last_error": self.last_error,
         }
@@ -256,9 +260,16 @@ class PartitionKeeper:
     """Runs :func:`maintain` every ``interval`` seconds (the hub runs the first :meth:`round` itself, at
     start), and keeps :class:`StorageState`."""
 
-    def __init__(self, pool: asyncpg.Pool, retention: timedelta | None, interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        retention: timedelta | None,
+        interval: float = 60.0,
+        rollup_retention: timedelta | None = None,
+    ) -> None:
         self.pool = pool
         self.retention = retention
+        self.rollup_retention = rollup_retention
         self.interval = interval
         self.state = StorageState()
         self._task: asyncio.Task[None] | None = None
@@ -285,6 +296,8 @@ class PartitionKeeper:
         try:
             async with self.pool.acquire() as conn:
                 change = await maintain(conn, now, self.retention)
+                if self.rollup_retention is not None:
+                    await self._trim_rollups(conn, now)
                 await self._observe(conn)
             self.state.last_error = None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -296,6 +309,16 @@ class PartitionKeeper:
         self.state.rounds += 1
         self.state.last_round_at = time.time()
         return change
+
+    async def _trim_rollups(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """Candle rollups older than their retention, whole days (minute and hour rows alike, so hour and
+        day candles never miss the minutes of a partial hour): a DELETE, the tables being small (1,440
+        rows a symbol a day), in their own transaction."""
+        assert self.rollup_retention is not None
+        before = at_midnight(first_day_kept(now, self.rollup_retention))
+        async with conn.transaction():
+            gone = sum([await rollup.drop_before(conn, table, before) for table in ("candles_1m", "candles_1h")])
+        self.state.rollup_rows_dropped += gone
 
     async def _observe(self, conn: asyncpg.Connection) -> None:
         state = self.state
