@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import contextlib
 import math
 from collections.abc import AsyncIterator
@@ -165,8 +166,15 @@ class Rig:
 
     async def set_rate(self, rate: float) -> None:
         url = f"http://127.0.0.1:{self.publisher_port}/rate"
-        async with self.session.post(url, json={"rate": rate}, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            resp.raise_for_status()
+        for attempt in range(3):  # a kept-alive connection the publisher closed as it was reused: ask again
+            try:
+                async with self.session.post(url, json={"rate": rate}, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    resp.raise_for_status()
+                    return
+            except aiohttp.ClientConnectionError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(random.uniform(0.05, 0.2))
 
     async def health(self) -> dict[str, Any]:
         return await get_json(self.session, self.url + "/health")
