@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import contextlib
 import math
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
