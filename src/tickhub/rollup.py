@@ -100,6 +100,9 @@ into_minutes AS ({_merge_into("candles_1m", "minutes")})
 """
 
 
+#: For the rest of the writer's transaction: a batch's sort by (symbol, minute) fits in memory (4 MB, the
+#: default, spilled a batch of 50,000 rows to disk: the rollup took 60-100 ms, 55-60 with this).
+SQL_WORK_MEM = "SET LOCAL work_mem = '64MB'"
 #: Roll up the ticks with an id in the ranges ``$1[i]..$2[i]`` and a time in [$3, $4]: a batch just stored.
 #: The time bounds let a table partitioned by time read only the batch's partitions.
 SQL_ROLL_UP = _roll_up(
@@ -175,11 +178,13 @@ async def roll_up(conn: asyncpg.Connection, ranges: list[tuple[int, int]], ts_mi
     """Add the stored ticks with an id in ``ranges`` and a time in [ts_min, ts_max] to the rollups. Run it in
     the transaction that stored them, and only on rows that transaction inserted (each tick counts once)."""
     if ranges:
+        await conn.execute(SQL_WORK_MEM)
         await conn.execute(SQL_ROLL_UP, [lo for lo, _ in ranges], [hi for _, hi in ranges], ts_min, ts_max)
 
 
 async def merge_staged(conn: asyncpg.Connection) -> None:
     """Insert the rows of ``ticks_staging`` not stored yet into ``ticks`` and roll up those rows alone."""
+    await conn.execute(SQL_WORK_MEM)
     await conn.execute(SQL_MERGE_STAGED)
 
 
