@@ -302,7 +302,7 @@ def fields_section(results: dict) -> list[str]:
         return []
     runs = results["fields"]
     out = [
-        "## 11. Ticks with every optional field",
+        "## 12. Ticks with every optional field",
         "",
         f"{runs[0].sources} mock sources as fast as they go, publishing the price alone (`--fields price`) or "
         "every optional field (`--fields all`: qty, side, trade_id, bid, bid_qty, ask, ask_qty), in turns. A "
@@ -332,7 +332,7 @@ def storage_section(results: dict) -> list[str]:
         return []
     empty, top, run = steps[0], steps[-1], steps[0].runs[0]
     out = [
-        "## 12. Storage: the tick table as it grows",
+        "## 13. Storage: the tick table as it grows",
         "",
         f"The `ticks` table as the hub keeps it: one partition a day (the archive's days laid out first, as a "
         f"hub keeping them has them), each with the `(id, ts)` key, the `(source, seq, ts)` key and the "
@@ -381,7 +381,7 @@ def scale_section(results: dict) -> list[str]:
     if not runs:
         return []
     out = [
-        "## 13. Thousands of subscribers on one process",
+        "## 11. Thousands of subscribers on one process",
         "",
         "One hub process (no workers), the subscribers in up to four load processes on the same two cores, "
         "a fixed publish rate held for the warm-up and twice the window. Every subscriber got every tick "
