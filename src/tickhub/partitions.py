@@ -37,6 +37,10 @@ log = logging.getLogger("tickhub.partitions")
 DAY = timedelta(days=1)
 #: Days of partitions kept ready after today.
 AHEAD = 3
+#: No day partition is made further back than this: older ticks stay in ticks_past. Every partition a
+#: query cannot rule out by time costs it a few slots of PostgreSQL's shared lock table
+#: (max_locks_per_transaction x max_connections, 6,400 by default).
+MAX_DAYS_BACK = 400
 #: How long maintenance waits for the table's lock before it leaves the change to the next round.
 LOCK_TIMEOUT = "2s"
 PAST, FUTURE = "ticks_past", "ticks_future"
@@ -117,12 +121,22 @@ async def maintain(
                 raise RuntimeError("ticks has no day partitions: migration 0009 did not run")
             first, last = have[0], have[-1]
             want_last = max(last, today + timedelta(days=AHEAD))
-            want_first = first if retention is None else first_day_kept(now, retention)
-            want_first = min(want_first, want_last)
+            horizon = None if retention is None else first_day_kept(now, retention)
+            want_first = first
+            if horizon is not None and horizon > first:
+                want_first = min(horizon, want_last)
+            elif horizon is not None:
+                # A retention reaching before the first day: days come out of ticks_past only from its oldest
+                # tick within the retention (never a partition for every day of a long retention, and none
+                # more than MAX_DAYS_BACK before today: the lock table of PostgreSQL counts partitions).
+                floor = at_midnight(max(horizon, today - timedelta(days=MAX_DAYS_BACK)))
+                oldest = await conn.fetchval(f"SELECT min(ts) FROM {PAST} WHERE ts >= $1", floor)
+                if oldest is not None:
+                    want_first = min(first, oldest.astimezone(UTC).date())
             await conn.execute("SELECT set_config('lock_timeout', $1, true)", lock_timeout)
             if want_last == last and want_first == first:
-                if retention is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
-                    await _empty_past(conn, at_midnight(first), change)  # ticks that came late, past retention
+                if horizon is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
+                    await _empty_past(conn, at_midnight(horizon), change)  # ticks that came late, past retention
                 return change
             await conn.execute("LOCK TABLE ticks IN ACCESS EXCLUSIVE MODE")
             if want_last > last:
@@ -132,8 +146,8 @@ async def maintain(
             else:
                 if want_first < first:
                     await _split_past(conn, want_first, first, change)
-                if retention is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
-                    await _empty_past(conn, at_midnight(want_first), change)
+                if horizon is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
+                    await _empty_past(conn, at_midnight(horizon), change)
     except asyncpg.LockNotAvailableError:
         log.info("partition maintenance waited %s for the tick table's lock; next round", lock_timeout)
         return None
@@ -179,9 +193,14 @@ async def _drop_before(conn: asyncpg.Connection, first: date, old: list[date], c
 
 
 async def _empty_past(conn: asyncpg.Connection, first: datetime, change: Change) -> None:
-    """Ticks that came late into ticks_past, all before the first day kept: dropped, their ids recorded."""
+    """Ticks that came late into ticks_past, all before ``first`` (the first day the retention keeps):
+    dropped, their ids recorded. Left alone while it holds a tick the retention keeps (one older than
+    :data:`MAX_DAYS_BACK` days under a longer retention): a partition goes whole or not at all."""
     await conn.execute(f"LOCK TABLE {PAST} IN ACCESS EXCLUSIVE MODE")
-    change.emptied, highest = await conn.fetchrow(f"SELECT count(*), max(id) FROM {PAST}")
+    count, highest, newest = await conn.fetchrow(f"SELECT count(*), max(id), max(ts) FROM {PAST}")
+    if newest is None or newest >= first:
+        return
+    change.emptied = count
     await conn.execute(f"TRUNCATE {PAST}")
     if highest is not None:
         await conn.execute(SQL_RECORD_DROP, highest, first)

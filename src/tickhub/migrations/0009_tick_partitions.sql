@@ -36,7 +36,7 @@ CREATE TABLE ticks (
 ) PARTITION BY RANGE (ts);
 CREATE INDEX ticks_symbol_ts ON ticks (symbol, ts);
 
--- The days of the existing rows get a partition each (from 400 days before today at most: older rows go
+-- The days of the existing rows get a partition each (from 31 days before today at most: older rows go
 -- to ticks_past), today and the next three days too; future rows past 30 days go to ticks_future.
 DO $$
 DECLARE
@@ -47,7 +47,7 @@ DECLARE
 BEGIN
     SELECT (min(ts) AT TIME ZONE 'UTC')::date, (max(ts) AT TIME ZONE 'UTC')::date
     INTO first_day, last_day FROM ticks_unpartitioned;
-    first_day := least(greatest(coalesce(first_day, today), today - 400), today);
+    first_day := least(greatest(coalesce(first_day, today), today - 31), today);
     last_day := greatest(least(coalesce(last_day, today), today + 30), today + 3);
     EXECUTE format(
         'CREATE TABLE ticks_past PARTITION OF ticks FOR VALUES FROM (MINVALUE) TO (%L)',
