@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_environment_and_env_file(tmp_path: Path) -> None:
         ("TICKHUB_DATABASE_SCHEMA", "public; drop"),
         ("TICKHUB_LOG_LEVEL", "loud"),
         ("TICKHUB_WRITER_HIGH_WATER", "600000"),  # above half the backlog: drops while PostgreSQL is healthy
+        *(("TICKHUB_RETENTION", v) for v in ("0d", "-1d", "30x", "1.5d", "30", "30D", "530000w", "999999d")),
+        ("TICKHUB_ROLLUP_RETENTION", "1d"),  # rollups shorter than the ticks (here: kept for ever)
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_setting(name: str, value: str) -> None:
@@ -51,6 +54,15 @@ def test_a_bad_value_fails_with_one_line_naming_the_setting(name: str, value: st
         Settings.from_env(environ={name: value}, env_file=None)
     message = str(info.value)
     assert message.startswith(name) and "\n" not in message
+
+
+def test_retentions_read_as_spans_and_rollups_outlive_ticks() -> None:
+    settings = Settings.from_env(
+        environ={"TICKHUB_RETENTION": "2w", "TICKHUB_ROLLUP_RETENTION": "36500d"}, env_file=None
+    )
+    assert settings.retention == timedelta(days=14) and settings.rollup_retention == timedelta(days=36500)
+    with pytest.raises(SettingsError, match="TICKHUB_ROLLUP_RETENTION must be at least TICKHUB_RETENTION"):
+        Settings.from_env(environ={"TICKHUB_RETENTION": "2d", "TICKHUB_ROLLUP_RETENTION": "1d"}, env_file=None)
 
 
 def test_env_template_lists_every_setting_with_its_default() -> None:

@@ -167,6 +167,8 @@ async def test_retention_drops_whole_days_and_a_resume_into_them_is_too_old(sett
     async with running_hub(settings.replace(retention=timedelta(days=3))) as hub:
         health = hub.hub.health()["storage"]
         assert health["dropped_through_id"] == str(late.id) and health["retention_seconds"] == 3 * 86400
+        assert (health["lowest_id"], health["oldest_ts"]) == (str(kept[0].id), kept[0].ts)
+        assert health["dropped_late_ticks"] == 0, "this hub's rounds dropped none; the earlier one did"
         for cursor in (old[0].id, late.id - 1):
             async with subscribe(hub.url, last_event_id=str(cursor)) as stream:
                 event = await stream.next_event("resync")

@@ -107,6 +107,7 @@ def _fsync_mode(raw: str) -> str:
 
 
 _SPAN_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SPAN_MAX = 36500 * 86400  # a cutoff now - span stays far inside the years datetimes can hold
 
 
 def _span(raw: str) -> timedelta | None:
@@ -114,8 +115,12 @@ def _span(raw: str) -> timedelta | None:
     if not raw:
         return None
     number, unit = raw[:-1], raw[-1:]
-    if unit not in _SPAN_UNITS or not (number.isascii() and number.isdigit()) or len(number) > 6 or int(number) == 0:
-        raise ValueError(f"expected a number and a unit m, h, d or w (e.g. 30d), got {raw!r}")
+    if unit not in _SPAN_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"expected a whole number and a unit m, h, d or w (e.g. 30d), got {raw!r}")
+    if int(number) == 0:
+        raise ValueError(f"must be above zero (leave it empty to keep everything), got {raw!r}")
+    if len(number) > 7 or int(number) * _SPAN_UNITS[unit] > _SPAN_MAX:
+        raise ValueError(f"at most 100 years (36500d), got {raw!r}")
     return timedelta(seconds=int(number) * _SPAN_UNITS[unit])
 
 
@@ -522,6 +527,12 @@ class Settings:
             # Ingest finishes the chunk it is reading before it pauses: the backlog needs room above the high
             # water, or ticks are dropped while PostgreSQL is healthy.
             raise SettingsError("TICKHUB_WRITER_HIGH_WATER must be at most half of TICKHUB_WRITER_BACKLOG")
+        if self.rollup_retention is not None and (self.retention is None or self.rollup_retention < self.retention):
+            # Candles of minutes whose rollups are gone would come out empty while their ticks are still kept.
+            raise SettingsError(
+                "TICKHUB_ROLLUP_RETENTION must be at least TICKHUB_RETENTION (and needs one): candles must not "
+                "lose minutes whose ticks are kept"
+            )
         try:
             load_instruments(self.instruments)
         except InstrumentsError as exc:

@@ -128,11 +128,16 @@ class HubMetrics(Collector):
         if storage.oldest_ts is not None:
             yield GaugeMetricFamily(
                 "tickhub_ticks_oldest_timestamp_seconds",
-                "Time (ts) of the oldest tick kept (the lowest id).",
+                "Time (ts) of the oldest tick kept.",
                 value=storage.oldest_ts.timestamp(),
             )
         yield CounterMetricFamily(
             "tickhub_ticks_dropped_days", "Days of ticks retention dropped.", value=storage.dropped_days
+        )
+        yield CounterMetricFamily(
+            "tickhub_ticks_dropped_late",
+            "Ticks past the retention dropped with ticks_past (they came after their day was gone).",
+            value=storage.dropped_late_ticks,
         )
         yield GaugeMetricFamily(
             "tickhub_ingest_paused",

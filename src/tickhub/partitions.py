@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from . import rollup
+from .wire import format_ts
 
 log = logging.getLogger("tickhub.partitions")
 
@@ -54,7 +55,12 @@ SQL_SIZES = """
 SELECT count(*), coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'ticks'::regclass
 """
-SQL_OLDEST = "SELECT id, ts FROM ticks ORDER BY id LIMIT 1"
+SQL_LOWEST_ID = "SELECT min(id) FROM ticks"
+# The oldest tick by its time: the first entry of each symbol's (symbol, ts) index in every partition.
+SQL_OLDEST_TS = """
+SELECT min(x.ts) FROM (SELECT DISTINCT symbol FROM latest_ticks) AS l
+CROSS JOIN LATERAL (SELECT ts FROM ticks WHERE ticks.symbol = l.symbol ORDER BY ts LIMIT 1) AS x
+"""
 SQL_RETENTION = "SELECT dropped_through_id, dropped_before, dropped_at FROM tick_retention"
 SQL_RECORD_DROP = """
 INSERT INTO tick_retention (dropped_through_id, dropped_before) VALUES ($1, $2)
@@ -245,8 +251,8 @@ class StorageState:
 
     partitions: int = 0
     table_bytes: int = 0
-    oldest_id: int | None = None
-    oldest_ts: datetime | None = None
+    lowest_id: int | None = None  # the lowest id kept: where a replay from PostgreSQL can start
+    oldest_ts: datetime | None = None  # the time of the oldest tick kept
     dropped_through_id: int | None = None
     dropped_before: datetime | None = None
     last_round_at: float | None = None
@@ -254,21 +260,23 @@ class StorageState:
     last_error: str | None = None
     rounds: int = 0
     dropped_days: int = 0
+    dropped_late_ticks: int = 0  # ticks past the retention that were in ticks_past, dropped with it
     rollup_rows_dropped: int = 0
 
     def as_dict(self, retention: timedelta | None) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
-            return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            return None if value is None else format_ts(value)
 
         return {
             "partitions": self.partitions,
             "table_bytes": self.table_bytes,
-            "oldest_id": None if self.oldest_id is None else str(self.oldest_id),
+            "lowest_id": None if self.lowest_id is None else str(self.lowest_id),
             "oldest_ts": ts(self.oldest_ts),
             "retention_seconds": None if retention is None else int(retention.total_seconds()),
             "dropped_through_id": None if self.dropped_through_id is None else str(self.dropped_through_id),
             "dropped_before": ts(self.dropped_before),
             "dropped_days": self.dropped_days,
+            "dropped_late_ticks": self.dropped_late_ticks,
             "rollup_rows_dropped": self.rollup_rows_dropped,
             "last_change_ms": self.last_change_ms,
             "last_error": self.last_error,
@@ -325,6 +333,7 @@ class PartitionKeeper:
         if change:
             self.state.last_change_ms = round(change.seconds * 1000, 1)
             self.state.dropped_days += len(change.dropped)
+            self.state.dropped_late_ticks += change.emptied
         self.state.rounds += 1
         self.state.last_round_at = time.time()
         return change
@@ -342,8 +351,8 @@ class PartitionKeeper:
     async def _observe(self, conn: asyncpg.Connection) -> None:
         state = self.state
         state.partitions, state.table_bytes = await conn.fetchrow(SQL_SIZES)
-        oldest = await conn.fetchrow(SQL_OLDEST)
-        state.oldest_id, state.oldest_ts = (None, None) if oldest is None else tuple(oldest)
+        state.lowest_id = await conn.fetchval(SQL_LOWEST_ID)
+        state.oldest_ts = await conn.fetchval(SQL_OLDEST_TS)
         dropped = await conn.fetchrow(SQL_RETENTION)
         if dropped is not None:
             state.dropped_through_id, state.dropped_before = dropped[0], dropped[1]
