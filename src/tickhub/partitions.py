@@ -140,20 +140,16 @@ async def maintain(
                 if oldest is not None:
                     want_first = min(first, oldest.astimezone(UTC).date())
             await conn.execute("SELECT set_config('lock_timeout', $1, true)", lock_timeout)
-            if want_last == last and want_first == first:
-                if horizon is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
-                    await _empty_past(conn, at_midnight(horizon), change)  # ticks that came late, past retention
-                return change
-            await conn.execute("LOCK TABLE ticks IN ACCESS EXCLUSIVE MODE")
-            if want_last > last:
-                await _extend_future(conn, last + DAY, want_last, change)
-            if want_first > first:
-                await _drop_before(conn, want_first, [d for d in have if d < want_first], change)
-            else:
-                if want_first < first:
+            if want_last != last or want_first != first:
+                await conn.execute("LOCK TABLE ticks IN ACCESS EXCLUSIVE MODE")
+                if want_last > last:
+                    await _extend_future(conn, last + DAY, want_last, change)
+                if want_first > first:
+                    await _drop_before(conn, want_first, [d for d in have if d < want_first], change)
+                elif want_first < first:
                     await _split_past(conn, want_first, first, change)
-                if horizon is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
-                    await _empty_past(conn, at_midnight(horizon), change)
+            if horizon is not None and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PAST})"):
+                await _empty_past(conn, at_midnight(horizon), change)  # ticks that came late, past retention
     except asyncpg.LockNotAvailableError:
         log.info("partition maintenance waited %s for the tick table's lock; next round", lock_timeout)
         return None
@@ -193,9 +189,7 @@ async def _drop_before(conn: asyncpg.Connection, first: date, old: list[date], c
         change.dropped.append(day_name(day))
     await conn.execute(f"TRUNCATE {PAST}")  # the days from ``first`` on exist: the partitions are contiguous
     await _attach(conn, PAST, "MINVALUE", f"'{at_midnight(first).isoformat()}'")
-    if highest is not None:
-        await conn.execute(SQL_RECORD_DROP, highest, at_midnight(first))
-        change.dropped_through_id = highest
+    await _record_drop(conn, highest, at_midnight(first), change)
 
 
 async def _empty_past(conn: asyncpg.Connection, first: datetime, change: Change) -> None:
@@ -208,8 +202,13 @@ async def _empty_past(conn: asyncpg.Connection, first: datetime, change: Change)
         return
     change.emptied = count
     await conn.execute(f"TRUNCATE {PAST}")
+    await _record_drop(conn, highest, first, change)
+
+
+async def _record_drop(conn: asyncpg.Connection, highest: int | None, before: datetime, change: Change) -> None:
+    """Keep the highest id dropped (with the time before which ticks went), for resumes from below it."""
     if highest is not None:
-        await conn.execute(SQL_RECORD_DROP, highest, first)
+        await conn.execute(SQL_RECORD_DROP, highest, before)
         change.dropped_through_id = highest
 
 
@@ -300,7 +299,6 @@ class PartitionKeeper:
         self.interval = interval
         self.state = StorageState()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tickhub-partitions")
@@ -311,10 +309,6 @@ class PartitionKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    def poke(self) -> None:
-        """Run a round now (tests, and an operator's signal)."""
-        self._wake.set()
 
     async def round(self, now: datetime | None = None) -> Change | None:
         """One round now; the state is refreshed whatever happened."""
@@ -358,9 +352,7 @@ class PartitionKeeper:
             state.dropped_through_id, state.dropped_before = dropped[0], dropped[1]
 
     async def _run(self) -> None:
-        """A round every ``interval`` seconds (the first was the hub's, at start), or when poked."""
+        """A round every ``interval`` seconds (the first was the hub's, at start)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
+            await asyncio.sleep(self.interval)
             await self.round()
