@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from benchmarks.tick_archive import TickArchive, copy_archive
 from tickhub import rollup
-from tickhub.rollup import id_ranges
-from tickhub.store import SQL_CANDLES, Store, migrations
+from tickhub.rollup import SQL_CANDLES, id_ranges
+from tickhub.store import Store, migrations
 from tickhub.wire import Tick, TickFields
 
 SOAK = os.environ.get("TICKHUB_SOAK") == "1"

@@ -1,7 +1,7 @@
 """Candle rollups: one-minute and one-hour OHLCV rows kept as ticks are stored, and candles read from them.
 
 ``candles_1m`` and ``candles_1h`` (migration 0010) hold per (symbol, bucket) what the raw candle query
-(:data:`tickhub.store.SQL_CANDLES`) computes from the ticks, plus what merging two parts of a bucket exactly
+(:data:`SQL_CANDLES`) computes from the ticks, plus what merging two parts of a bucket exactly
 takes: the (time, hub id) of the open and the close tick and the exact sums of the sizes and of price * size.
 The writer calls :func:`roll_up` in the transaction that stored a batch, so a committed tick is in its
 rollups and a rolled-back one in neither. :func:`candles` answers from whole minutes and hours and reads raw
@@ -23,13 +23,32 @@ from typing import Any
 
 import asyncpg
 
-from .store import SQL_CANDLES
-
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 #: The origin of every candle bucket (date_bin's), as in the raw candle query.
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 _LIMIT_MAX = 1 << 62
+
+# Volume counts the ticks that carry a size (trades); a quote-only tick adds to count, never to volume.
+# VWAP is exact sums divided in numeric (the 18 zero decimals make the division keep at least 18), then
+# rounded to 18 places and trimmed of trailing zeros; NULL, like volume, when the bucket had no trade.
+SQL_CANDLES = """
+SELECT bucket, open::text, high::text, low::text, close::text, n, volume::text, trades,
+       trim_scale(round((notional + 0.000000000000000000) / volume, 18))::text
+FROM (
+    SELECT date_bin($2::interval, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           (array_agg(price ORDER BY ts, id))[1] AS open,
+           max(price) AS high,
+           min(price) AS low,
+           (array_agg(price ORDER BY ts DESC, id DESC))[1] AS close,
+           count(*) AS n,
+           sum(qty) AS volume,
+           count(qty) AS trades,
+           sum(price * qty) AS notional
+    FROM ticks WHERE symbol = $1 AND ts >= $3 AND ts < $4
+    GROUP BY bucket ORDER BY bucket DESC LIMIT $5
+) AS c ORDER BY bucket
+"""
 
 _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 _COLUMNS = "symbol, bucket, open, open_ts, open_id, high, low, close, close_ts, close_id, n, volume, trades, notional"

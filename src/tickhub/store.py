@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import stamina
 
+from . import rollup
 from .wire import NO_FIELDS_ROW, OPTIONAL_FIELDS, Tick, TickFields
 
 log = logging.getLogger("tickhub.store")
@@ -58,7 +59,6 @@ ON CONFLICT (symbol, source) DO UPDATE
     WHERE latest_ticks.id < EXCLUDED.id
 """
 SQL_STAGE = "CREATE TEMP TABLE ticks_staging (LIKE ticks) ON COMMIT DROP"
-SQL_MERGE_STAGED = "INSERT INTO ticks SELECT * FROM ticks_staging ORDER BY id ON CONFLICT DO NOTHING"
 SQL_AFTER = _SELECT_TICK + " WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
 SQL_AFTER_SYMBOLS = _SELECT_TICK + " WHERE id > $1 AND id < $2 AND symbol = ANY($3::text[]) ORDER BY id LIMIT $4"
 SQL_COUNT_AFTER = "SELECT count(*) FROM (SELECT 1 FROM ticks WHERE id > $1 AND id < $2 LIMIT $3) AS t"
@@ -72,26 +72,6 @@ SQL_HISTORY_NEWEST = (
     "SELECT * FROM (" + _SELECT_TICK + " WHERE symbol = $1 AND ts >= $2 AND ts < $3"
     " ORDER BY ts DESC, id DESC LIMIT $4) AS t ORDER BY ts, id"
 )
-# Volume counts the ticks that carry a size (trades); a quote-only tick adds to count, never to volume.
-# VWAP is exact sums divided in numeric (the 18 zero decimals make the division keep at least 18), then
-# rounded to 18 places and trimmed of trailing zeros; NULL, like volume, when the bucket had no trade.
-SQL_CANDLES = """
-SELECT bucket, open::text, high::text, low::text, close::text, n, volume::text, trades,
-       trim_scale(round((notional + 0.000000000000000000) / volume, 18))::text
-FROM (
-    SELECT date_bin($2::interval, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-           (array_agg(price ORDER BY ts, id))[1] AS open,
-           max(price) AS high,
-           min(price) AS low,
-           (array_agg(price ORDER BY ts DESC, id DESC))[1] AS close,
-           count(*) AS n,
-           sum(qty) AS volume,
-           count(qty) AS trades,
-           sum(price * qty) AS notional
-    FROM ticks WHERE symbol = $1 AND ts >= $3 AND ts < $4
-    GROUP BY bucket ORDER BY bucket DESC LIMIT $5
-) AS c ORDER BY bucket
-"""
 SQL_RECORD_GAPS = """
 INSERT INTO tick_gaps (first_id, last_id, reason)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
@@ -315,8 +295,6 @@ class Store:
         # what keeps two transactions from each waiting for a row the other holds (a deadlock).
         newest = [latest[key] for key in sorted(latest)]
         columns = list(zip(*map(_latest_row, newest), strict=True))
-        from . import rollup  # the rollups read the raw candle query from this module
-
         # The rollups take the rows this COPY inserts: its ids, and its times so a table by time prunes.
         ranges = rollup.id_ranges(t.id for t in ticks)
         times = [t.time for t in ticks]
@@ -415,8 +393,6 @@ class Store:
         """OHLC, tick count, volume, trade count and VWAP per ``interval`` bucket in [since, until),
         oldest first, at most the newest ``limit`` buckets; open and close follow source time, then hub
         order. Volume and VWAP are None for a bucket without a tick that carries a size. Whole minutes and
-        hours come from the rollups (:mod:`tickhub.rollup`): the same answer as SQL_CANDLES over the ticks."""
-        from . import rollup
-
+        hours come from the rollups (:mod:`tickhub.rollup`): the same answer as its raw SQL_CANDLES."""
         with unavailable_as_error():
             return await rollup.candles(self.pool, symbol, interval, since, until, limit)
