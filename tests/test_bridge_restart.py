@@ -84,6 +84,10 @@ async def test_a_bridge_killed_and_restarted_loses_nothing_after_the_restart_and
                 seen: list[dict[str, Any]] = []
                 reader = asyncio.create_task(follow(stream, seen))
                 try:
+                    # The hub's first connection to a bridge starts live (after the newest price of each
+                    # symbol): trading starts once the hub is connected, so every trade is the hub's to get.
+                    client = hub.hub.ingest.clients["binance"]
+                    await wait_for(lambda: client.stats.connects >= 1, 30, "the hub's first connection")
                     fake.start_trading()
                     kill_after = rng.randint(1, 400)  # trades the dead bridge's connection carries
                     await wait_for(lambda: len(fake.sent_on(0)) >= kill_after, 30, "trades before the kill")

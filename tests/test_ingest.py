@@ -20,6 +20,9 @@ from helpers import (
     written,
 )
 
+from sources.app import source_app
+from sources.feed import SourceFeed
+from sources.serve import serving
 from tickhub.config import Settings
 
 
@@ -114,6 +117,29 @@ async def test_a_cut_link_is_resumed_by_last_event_id_with_no_gap_and_no_twin(se
     assert len(runs_of(seqs)) == 1, "one unbroken run of seqs across three cut links"
     ids = [r["id"] for r in rows]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+async def test_a_source_restarted_before_the_hub_got_any_of_its_events_is_read_from_its_first_event(
+    settings: Settings,
+) -> None:
+    """A bridge answers a consumer without Last-Event-ID with the newest event of each symbol, then
+    live: right for the hub's first connection, wrong for its next one. A source that dies before the
+    hub accepted anything from it and comes back (a new process, new seqs) holds events the hub has
+    never seen; the hub's reconnect asks for all of them, not for the newest."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/stream"
+    async with running_hub(settings.replace(sources=(("bridge", url),), reconnect_max=0.3)) as hub:
+        client = hub.hub.ingest.clients["bridge"]
+        first = SourceFeed("bridge", heartbeat=0.2, latest_first=True)
+        async with serving(source_app(first), port=port):
+            await wait_for(lambda: client.stats.connects == 1 and first.consumers == 1, what="the first connection")
+        second = SourceFeed("bridge", heartbeat=0.2, latest_first=True)  # restarted: its own seqs
+        seqs = [second.publish("BTCUSD", f"{100 + n}.00") for n in range(5)]
+        async with serving(source_app(second), port=port):
+            await wait_for(lambda: client.stats.connects == 2, what="the reconnect")
+            await wait_for(lambda: hub.hub.sequencer.last_seq("bridge") == seqs[-1], what="the newest event")
+            await wait_for(lambda: written(hub.hub), what="the writer")
+    assert [r["seq"] for r in await persisted(settings, "bridge")] == seqs
 
 
 async def test_a_silent_source_is_reconnected_by_the_stale_watchdog(settings: Settings) -> None:

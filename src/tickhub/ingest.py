@@ -1,7 +1,10 @@
 """Ingest: one aiohttp SSE client per source, feeding validated ticks to the sequencer.
 
 Each client reconnects with ``Last-Event-ID`` set to the newest seq the hub accepted from that
-source (after a restart: the newest *persisted* seq), with capped jittered backoff. aiohttp's
+source (after a restart: the newest *persisted* seq), with capped jittered backoff. A source that
+answers a first connection with only its newest event of each symbol (a bridge) is asked for
+everything it holds (``Last-Event-ID: 0``) when the hub reconnects having accepted nothing from it
+yet: a bridge restarted before the hub got any of its events holds none the hub has seen. aiohttp's
 ``sock_read`` timeout is the stale-feed watchdog: no byte (event or heartbeat comment) for
 ``stale_timeout`` seconds and the connection is dropped and made again.
 
@@ -154,7 +157,7 @@ class SourceClient:
     async def _stream(self) -> None:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         last_seq = self.sequencer.last_seq(self.name)
-        if last_seq:
+        if last_seq or self.stats.connects:
             headers["Last-Event-ID"] = str(last_seq)
         async with self.session.get(self.url, headers=headers, timeout=self.timeout) as resp:
             if resp.status != 200:
