@@ -183,7 +183,9 @@ async def test_a_repeat_is_dropped_and_counted_and_a_malformed_event_skipped(kin
         await response.write(b"".join(frames))
 
     async with stand_in(script) as (url, _), following(kind, url, ["btcusd", "META"]) as sub:
-        await wait_for(lambda: sub.sub.last_event_id == "9", 10, "the last event")
+        # The sync follower appends in its own thread after the client has taken the event: wait for the list.
+        await wait_for(lambda: len(sub.events) == 3, 10, "the last event")
+        assert sub.sub.last_event_id == "9"
         first, *rest = sub.events
         assert isinstance(first, Snapshot) and first.resync is None and first.id == "5"
         assert [(t.symbol, t.seq) for t in first.new] == [("BTCUSD", 105), ("META", 103)]

@@ -38,9 +38,6 @@ async def test_concurrent_calls_take_turns(settings: Settings, n: int) -> None:
         elapsed = sorted(await asyncio.gather(*(call_test(session, hub.url) for _ in range(n))))
         check_turns(list(hub.hub.gate.history), n)
         assert elapsed[0] >= DELAY
-        # Holds whenever the calls reach the hub less than one delay apart: the last one waited out
-        # the rest of the first turn and every turn after it.
-        assert elapsed[-1] >= (n - 1) * DELAY, elapsed
 
 
 async def test_a_client_that_leaves_gives_up_its_place(settings: Settings) -> None:
