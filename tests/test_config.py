@@ -56,6 +56,18 @@ def test_a_bad_value_fails_with_one_line_naming_the_setting(name: str, value: st
     assert message.startswith(name) and "\n" not in message
 
 
+@pytest.mark.parametrize("digits", ["9" * 5000, "1" + "0" * 4999])
+def test_a_retention_of_thousands_of_digits_is_refused_with_the_limit_not_pythons(digits: str) -> None:
+    with pytest.raises(SettingsError, match=r"^TICKHUB_RETENTION=.* is invalid: at most 100 years") as info:
+        Settings.from_env(environ={"TICKHUB_RETENTION": digits + "d"}, env_file=None)
+    assert "int_max_str_digits" not in str(info.value)
+
+
+def test_a_retention_with_leading_zeros_is_its_number() -> None:
+    settings = Settings.from_env(environ={"TICKHUB_RETENTION": "0" * 5000 + "30d"}, env_file=None)
+    assert settings.retention == timedelta(days=30)
+
+
 def test_retentions_read_as_spans_and_rollups_outlive_ticks() -> None:
     settings = Settings.from_env(
         environ={"TICKHUB_RETENTION": "2w", "TICKHUB_ROLLUP_RETENTION": "36500d"}, env_file=None

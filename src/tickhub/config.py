@@ -117,8 +117,10 @@ def _span(raw: str) -> timedelta | None:
     number, unit = raw[:-1], raw[-1:]
     if unit not in _SPAN_UNITS or not (number.isascii() and number.isdigit()):
         raise ValueError(f"expected a whole number and a unit m, h, d or w (e.g. 30d), got {raw!r}")
-    if int(number) == 0:
+    number = number.lstrip("0")
+    if not number:
         raise ValueError(f"must be above zero (leave it empty to keep everything), got {raw!r}")
+    # The length first: int() of more than 4,300 digits fails with an error about Python, not the setting.
     if len(number) > 7 or int(number) * _SPAN_UNITS[unit] > _SPAN_MAX:
         raise ValueError(f"at most 100 years (36500d), got {raw!r}")
     return timedelta(seconds=int(number) * _SPAN_UNITS[unit])
