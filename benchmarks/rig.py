@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
+import stamina
 
 from .common import PYTHON, CpuMeter, Latency, free_port, get_json, spawn, stop, wait_http
 
@@ -166,15 +166,13 @@ class Rig:
 
     async def set_rate(self, rate: float) -> None:
         url = f"http://127.0.0.1:{self.publisher_port}/rate"
-        for attempt in range(3):  # a kept-alive connection the publisher closed as it was reused: ask again
-            try:
+        # A kept-alive connection the publisher closed as it was reused: ask again (three times at most, jittered).
+        async for attempt in stamina.retry_context(
+            on=aiohttp.ClientConnectionError, attempts=3, wait_initial=0.05, wait_max=0.2, wait_jitter=0.15
+        ):
+            with attempt:
                 async with self.session.post(url, json={"rate": rate}, timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     resp.raise_for_status()
-                    return
-            except aiohttp.ClientConnectionError:
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(random.uniform(0.05, 0.2))
 
     async def health(self) -> dict[str, Any]:
         return await get_json(self.session, self.url + "/health")
